@@ -1,0 +1,203 @@
+"""Checkpoints: the official code's format (ARMT_SPEC.md §2) and our own.
+
+Official (`torch.save(AssociativeRecurrentWrapper.state_dict())`, or accelerate's
+de-duplicated `model.safetensors`):
+
+    memory_cell.memory                              -> memory
+    memory_cell.model.<backbone path>               -> backbone.<backbone path>
+    memory_cell.layers.{i}.<suffix>                 alias of backbone.<layers_attr>.{i}.<suffix>
+    armt.<any of the above>                         the 2025 HF wrapper prefix (§1.13)
+
+Ours (`save_pretrained`): `config.json` ({"format": "armt_viz", "armt": ..., "backbone": ...})
+and `model.safetensors`. Loading never unpickles code: safetensors, or torch.load with
+weights_only=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..config import ARMTConfig
+
+__all__ = ["load_official", "save_pretrained", "load_pretrained", "read_state_dict", "build_backbone", "file_sha256"]
+
+_IGNORABLE = (
+    re.compile(r".*\.attn\.(bias|masked_bias)$"),  # GPT-2 causal-mask buffers of old transformers
+    re.compile(r".*rotary_emb\.(inv_freq|original_inv_freq)$"),  # NeoX/Llama rotary buffers
+)
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_file(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist; pass a .safetensors/.bin/.pt file or a directory holding one")
+    if p.is_dir():
+        for name in _WEIGHT_NAMES:
+            if (p / name).exists():
+                return p / name
+        found = sorted(x.name for x in p.iterdir())
+        raise FileNotFoundError(f"no weights in directory {str(p)!r}: expected one of {_WEIGHT_NAMES}, found {found}")
+    return p
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, never executing pickled code."""
+    f = _resolve_file(path)
+    if f.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(f))
+        except Exception as exc:
+            raise ValueError(f"{str(f)!r} is not a readable safetensors file ({exc})") from exc
+    try:
+        sd = torch.load(str(f), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code, truncated file, ...
+        raise ValueError(
+            f"refused to load {str(f)!r}: it is not a plain tensor state_dict loadable with weights_only=True "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Only tensor checkpoints are accepted; "
+            "re-save it as safetensors from a trusted environment."
+        ) from exc
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{str(f)!r} does not hold a state_dict of tensors (got {type(sd).__name__})")
+    return sd
+
+
+def build_backbone(backbone, attn_implementation: str | None = None):
+    """An HF causal LM from a model, a PretrainedConfig, a config dict, or a config.json path."""
+    import transformers
+    if isinstance(backbone, torch.nn.Module):
+        return backbone
+    if isinstance(backbone, (str, os.PathLike)):
+        p = Path(backbone)
+        p = p / "config.json" if p.is_dir() else p
+        backbone = json.loads(p.read_text())
+    if isinstance(backbone, dict):
+        d = dict(backbone)
+        model_type = d.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("backbone config dict has no 'model_type'; expected e.g. {'model_type': 'gpt2', 'n_layer': 2, ...}")
+        backbone = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in d.items() if k not in ("architectures", "transformers_version")})
+    if not isinstance(backbone, transformers.PretrainedConfig):
+        raise TypeError(f"backbone must be an HF model, PretrainedConfig, dict or config path; got {type(backbone).__name__}")
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return transformers.AutoModelForCausalLM.from_config(backbone, **kw)
+
+
+def _official_to_ours(sd: dict[str, torch.Tensor], layers_attr: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith("armt."):
+            k = k[len("armt."):]
+        if any(r.match(k) for r in _IGNORABLE):
+            continue
+        if k == "memory_cell.memory":
+            out["memory"] = v
+        elif k.startswith("memory_cell.model."):
+            out["backbone." + k[len("memory_cell.model."):]] = v
+        elif k.startswith("memory_cell.layers."):
+            aliases[f"backbone.{layers_attr}." + k[len("memory_cell.layers."):]] = v
+        else:
+            out[k] = v  # unknown: reported as unexpected below
+    for k, v in aliases.items():
+        out.setdefault(k, v)  # de-duplicated safetensors may have kept either alias
+    return out
+
+
+def _load_checked(model, sd: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    tied_ok = set()
+    out_emb = model.backbone.get_output_embeddings()
+    if out_emb is not None and out_emb.weight is model.backbone.get_input_embeddings().weight:
+        for k, v in own.items():
+            if v.data_ptr() == out_emb.weight.data_ptr():
+                tied_ok.add(k)
+    missing = [k for k in own if k not in sd]
+    if tied_ok and any(k in sd for k in tied_ok):
+        missing = [k for k in missing if k not in tied_ok]
+    unexpected = [k for k in sd if k not in own]
+    bad_shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shapes:
+        hints = []
+        if any("wpe" in s for s in bad_shapes):
+            hints.append("a position table 'wpe' that is num_mem_tokens rows longer means wrap_pos=True (or the reverse)")
+        if any("W_mq" in s or "W_mk" in s for s in bad_shapes):
+            hints.append("W_mq/W_mk shapes give d_mem: set ARMTConfig(d_mem=...) to the checkpoint's")
+        if any(s.startswith("memory:") for s in bad_shapes):
+            hints.append("memory shape gives num_mem_tokens: set ARMTConfig(num_mem_tokens=...)")
+        if missing and all(".W_m" in k or k == "memory" for k in missing):
+            hints.append("the checkpoint seems to be a plain backbone; use ARMTModel.from_backbone")
+        raise ValueError(
+            f"checkpoint {source!r} does not match the model built from the given config:\n"
+            f"  missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}\n"
+            f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}\n"
+            f"  shape mismatches ({len(bad_shapes)}): {bad_shapes[:20]}\n"
+            "Fix: pass backbone= the HF config the checkpoint was trained with and an ARMTConfig with the same "
+            "num_mem_tokens, d_mem, wrap_pos" + (f". Hints: {'; '.join(hints)}" if hints else "")
+        )
+    with torch.no_grad():
+        for k, p in own.items():
+            if k in sd:
+                p.copy_(sd[k].to(p.dtype))
+
+
+def load_official(cls, path, backbone, config: ARMTConfig | None = None, *, attn_implementation: str | None = None):
+    """Load an official-code ARMT checkpoint (file or directory; .bin/.pt/.safetensors)."""
+    config = config or ARMTConfig()
+    sd = read_state_dict(path)
+    bb = build_backbone(backbone, attn_implementation)
+    model = cls(bb, config)
+    _load_checked(model, _official_to_ours(sd, model.adapter.layers_attr), str(path))
+    model.checkpoint_sha256 = file_sha256(_resolve_file(path))
+    return model
+
+
+def save_pretrained(model, directory) -> None:
+    from safetensors.torch import save_model
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "armt_viz",
+        "format_version": 1,
+        "armt": model.config.to_dict(),
+        "backbone": model.backbone.config.to_dict(),
+    }
+    (d / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    save_model(model, str(d / "model.safetensors"))
+
+
+def load_pretrained(cls, directory):
+    from safetensors.torch import load_model
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{str(d)!r} has no config.json; expected a folder written by ARMTModel.save_pretrained")
+    meta = json.loads(cfg_path.read_text())
+    if meta.get("format") != "armt_viz":
+        raise ValueError(f"{str(cfg_path)!r} is not an armt_viz model config (format={meta.get('format')!r}); for official checkpoints use ARMTModel.from_official")
+    bb_cfg = dict(meta["backbone"])
+    attn = bb_cfg.pop("_attn_implementation", None) or None
+    model = cls(build_backbone(bb_cfg, attn), ARMTConfig.from_dict(meta["armt"]))
+    missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{str(d)!r}: weights do not match config.json: missing {missing}, unexpected {unexpected}")
+    model.checkpoint_sha256 = file_sha256(d / "model.safetensors")
+    model.eval()
+    return model
