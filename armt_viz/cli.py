@@ -1,0 +1,110 @@
+"""`armt-viz` command line: parse arguments here and nowhere else, then call the library.
+
+    armt-viz demo     record the shipped model on a long stream (cached) and serve the dashboard
+    armt-viz record   record a trace of a model on a task stream
+    armt-viz serve    serve the Panel dashboard over a trace root
+    armt-viz train    train a small ARMT with a curriculum
+    armt-viz eval     evaluate a model on a task, one JSON line
+    armt-viz bench    run the benchmarks in bench/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="armt-viz", description="Analysis and visualization of ARMT memory.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="record the shipped model on a long stream and serve the dashboard")
+    d.add_argument("--tokens", type=int, default=None, help="stream length (default: the demo default)")
+    d.add_argument("--trace-root", default="runs", help="folder for the demo trace (cached)")
+    d.add_argument("--port", type=int, default=5006)
+    d.add_argument("--address", default="127.0.0.1")
+    d.add_argument("--no-serve", action="store_true", help="only record")
+
+    r = sub.add_parser("record", help="record a trace")
+    r.add_argument("--model", default="demo", help="'demo' or a folder written by save_pretrained")
+    r.add_argument("--task", default="stream", choices=["stream", "ar-remember", "ar-rewrite", "babi"])
+    r.add_argument("--tokens", type=int, default=100_000)
+    r.add_argument("--store", required=True, help="output zarr store path")
+    r.add_argument("--level", default="summary", choices=["summary", "writes", "full"])
+    r.add_argument("--keyframe-every", type=int, default=64)
+    r.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true")
+
+    s = sub.add_parser("serve", help="serve the dashboard over a trace root")
+    s.add_argument("--trace-root", required=True)
+    s.add_argument("--port", type=int, default=5006)
+    s.add_argument("--address", default="127.0.0.1")
+    s.add_argument("--basic-auth", default=None, help="'user:password' or a path to a JSON {user: password} file")
+    s.add_argument("--cookie-secret", default=None)
+    s.add_argument("--show", action="store_true")
+
+    t = sub.add_parser("train", help="train a small ARMT with a curriculum")
+    t.add_argument("--task", default="ar-rewrite", choices=["ar-rewrite", "ar-remember", "stream", "mixed"])
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--smoke", action="store_true", help="tiny CPU run (< 2 min), used in tests")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--curriculum", default=None, help="comma-separated pairs per stage, e.g. 1,2,3,5,10,20,50")
+    t.add_argument("--steps", default=None, help="comma-separated steps per stage")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--time-budget", type=float, default=None, help="stop (on a saved stage) after this many seconds")
+
+    e = sub.add_parser("eval", help="evaluate a model on a task; prints one JSON line")
+    e.add_argument("--model", default="demo")
+    e.add_argument("--task", default="ar-rewrite", choices=["ar-remember", "ar-rewrite", "stream", "babi"])
+    e.add_argument("--pairs", type=int, default=10)
+    e.add_argument("--key-size", type=int, default=1)
+    e.add_argument("--value-size", type=int, default=1)
+    e.add_argument("--samples", type=int, default=500)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--ablate-memory", action="store_true")
+    e.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="run benchmarks (prints ratio tables)")
+    b.add_argument("names", nargs="*", help="benchmarks to run (default: all CPU ones)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k != "command"}
+    if args.command == "demo":
+        from .demo import run_demo
+        return run_demo(**kw) or 0
+    if args.command == "record":
+        from .record.run import run_record
+        return run_record(**kw) or 0
+    if args.command == "serve":
+        from .viz.serve import run_serve
+        return run_serve(**kw) or 0
+    if args.command == "train":
+        from .train import run_train
+        return run_train(**kw) or 0
+    if args.command == "eval":
+        from .evaluate import run_eval
+        result = run_eval(**kw)
+        out = json.dumps(result, sort_keys=True)
+        sys.stdout.write(out + "\n") if args.json else sys.stdout.write(
+            "\n".join(f"{k}: {v}" for k, v in result.items()) + "\n")
+        return 0
+    if args.command == "bench":
+        import runpy
+        runpy.run_module("bench.run_all", run_name="__main__")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
