@@ -139,7 +139,7 @@ class AssociativeBlock(nn.Module):
         self.W_mk = nn.Linear(d_model, config.d_mem, bias=False)
         self.W_mv = nn.Linear(d_model, d_model, bias=False)
         nn.init.zeros_(self.W_mv.weight)  # a fresh ARMT equals its backbone (§1.12)
-        self.W_mb = nn.Linear(d_model, d_model if config.gating else 1, bias=True)
+        self.W_mb = nn.Linear(d_model, d_model if config.gating else config.n_heads, bias=True)
         self.layer = layer
         self.index = index
         self.cfg = config
@@ -333,9 +333,11 @@ class ARMTModel(nn.Module):
         state = state if state is not None else self.init_state(B, input_ids.device)
         state = self._sync_device(state, input_ids.device)
         x = self._embed_segment(input_ids)
-        am = None
-        if attention_mask is not None:
-            am = torch.cat([attention_mask, attention_mask.new_ones(B, M)], dim=1)
+        # Always pass an explicit mask (the official wrapper does too): with mask=None, transformers 5
+        # reads non-monotonic position_ids (wrap_pos) as packed sequences and cuts memory off the text.
+        if attention_mask is None:
+            attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
+        am = torch.cat([attention_mask, attention_mask.new_ones(B, M)], dim=1)
         pos = None
         if self.mem_position is not None:
             dev = input_ids.device

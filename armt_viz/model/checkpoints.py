@@ -121,8 +121,15 @@ def _official_to_ours(sd: dict[str, torch.Tensor], layers_attr: str) -> dict[str
     return out
 
 
+# HF renamed some modules between transformers 4 and 5: (old key, new key)
+_RENAMES = (("backbone.embed_out.weight", "backbone.lm_head.weight"),)
+
+
 def _load_checked(model, sd: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
+    for old, new in _RENAMES:
+        if old in sd and old not in own and new in own and new not in sd:
+            sd[new] = sd.pop(old)
     tied_ok = set()
     out_emb = model.backbone.get_output_embeddings()
     if out_emb is not None and out_emb.weight is model.backbone.get_input_embeddings().weight:

@@ -100,7 +100,7 @@ def write_memory(
 
     key_features: [batch, mem, heads, key_feature]  phi(W_mk m)
     value:        [batch, mem, heads*hidden]        W_mv m
-    gate:         [batch, mem, 1] or [batch, mem, heads*hidden]  beta = sigmoid(W_mb m)
+    gate:         [batch, mem, 1 | heads | heads*hidden]  beta = sigmoid(W_mb m)
     assoc, normalizer: state before the write (broadcastable over batch).
 
     First segment: v-bar = 0, gamma = 1. Otherwise
@@ -128,7 +128,8 @@ def write_memory(
             vbar = num
             gamma = torch.ones(k.shape[:-1], dtype=k.dtype, device=k.device)
     g = gate.to(assoc.dtype)
-    g = split_heads(g, heads) if g.shape[-1] != 1 else g.unsqueeze(-1)
+    # one beta per token (v1), per token and head (later code), or per dimension (gating)
+    g = g.unsqueeze(-1) if g.shape[-1] in (1, heads) and g.shape[-1] != value.shape[-1] else split_heads(g, heads)
     delta = g * (v - vbar)  # [batch, mem, heads, hidden]
     new_assoc = assoc + torch.einsum("bmhf,bmhd->bhfd", k, delta)
     if use_denom:

@@ -76,7 +76,7 @@ def naive_write(k_proj, value, gate, assoc, normalizer, *, first, heads=1, nu=3,
                 k = feats[h]
                 v = value[b, m, h * D:(h + 1) * D].double()
                 g = gate[b, m].double()
-                beta = g if g.shape[0] == 1 else g[h * D:(h + 1) * D]
+                beta = g[0] if g.shape[0] == 1 else (g[h] if g.shape[0] == heads and heads != value.shape[-1] else g[h * D:(h + 1) * D])
                 if first:
                     vbar = torch.zeros(D, dtype=torch.float64)
                     gamma = 1.0

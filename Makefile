@@ -1,0 +1,79 @@
+# armt_viz developer entry points. Needs only python3 (>= 3.11), make and, for the browser tests, apt-get.
+#   make setup   create .venv, install the pinned requirements and the package (editable); install chromium
+#   make demo    record the shipped model on a long stream and serve the dashboard on http://127.0.0.1:5006
+#   make test    run the whole test suite (unit, notebook and browser tests) on 2 workers
+#   make bench   run the benchmarks (bench/run_all.py)
+#   make clean   remove build outputs and caches (keeps .venv and runs/); `make distclean` also removes .venv
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.setup-stamp
+REQS   := requirements.txt requirements-notebook.txt requirements-test.txt
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help setup chromium test demo bench clean distclean
+
+help:
+	@sed -n 's/^#   make /  make /p' $(MAKEFILE_LIST)
+
+# Idempotent: the stamp is rebuilt only when a requirement file or pyproject.toml changes (or when
+# armt_viz/__init__.py first appears, so the editable install maps the package), or after a failed run.
+setup: $(STAMP) chromium
+
+$(STAMP): $(REQS) pyproject.toml $(wildcard armt_viz/__init__.py)
+	@if [ ! -x "$(PY)" ]; then \
+	    $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	        || { echo "error: $(PYTHON) must be Python >= 3.11" >&2; exit 1; }; \
+	    echo "+ $(PYTHON) -m venv $(VENV)"; \
+	    $(PYTHON) -m venv $(VENV); \
+	fi
+	$(PIP) install --upgrade pip
+	$(PIP) install $(addprefix -r ,$(REQS))
+	$(PIP) install -e . --no-deps
+	@touch $@
+
+# Debian chromium for the Playwright browser tests (never `playwright install`: it downloads browsers).
+# Checked on every `make setup`; costs nothing once /usr/bin/chromium exists.
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then \
+	    :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=""; \
+	    if [ "$$(id -u)" != 0 ]; then \
+	        if command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	        else echo "warning: not root and no sudo; cannot install chromium (browser tests will fail)" >&2; exit 0; fi; \
+	    fi; \
+	    echo "+ $$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver"; \
+	    $$SUDO apt-get update && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	else \
+	    echo "warning: $(CHROMIUM) missing and no apt-get; install chromium yourself for the browser tests" >&2; \
+	fi
+
+# pytest's exit code goes through unchanged (5 = no tests collected is a failure).
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+demo: setup
+	$(VENV)/bin/armt-viz demo
+
+bench: setup
+	@if [ -f bench/run_all.py ]; then \
+	    echo "+ $(PY) -m bench.run_all"; \
+	    $(PY) -m bench.run_all; \
+	else \
+	    echo "bench/run_all.py not found; nothing to run"; \
+	fi
+
+clean:
+	rm -rf build dist .pytest_cache .hypothesis test-artifacts *.egg-info
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -print0 \
+	    | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,75 @@
+"""Shared pytest fixtures.
+
+Keep this small and cheap: nothing heavy is imported here, so trace-only tests run without loading torch or
+transformers (every layer above ``armt_viz.trace`` must import without torch).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEED = 0
+
+# No tqdm bars from transformers / huggingface_hub ("Loading weights", ...; ENV.md T8). transformers reads this
+# at import time, and the variable also reaches subprocesses (notebook kernels, CLI runs).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _disable_transformers_progress_bars() -> None:
+    if "transformers" in sys.modules:  # imported before this conftest: switch it off explicitly
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except Exception:  # a broken transformers install must not break collection
+            pass
+
+
+_disable_transformers_progress_bars()
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Seed python's and numpy's global RNGs, and torch's if torch is importable, before every test.
+
+    torch is never imported just to be seeded: it is seeded whenever it is already loaded (test modules
+    import it at collection time). A torch first imported inside a test body starts from its fixed default seed.
+    """
+    random.seed(SEED)
+    np = sys.modules.get("numpy")
+    if np is None:
+        try:
+            import numpy as np
+        except ImportError:
+            np = None
+    if np is not None:
+        np.random.seed(SEED)
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "manual_seed"):
+        torch.manual_seed(SEED)
+    yield
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Path:
+    """Path of a fresh zarr trace store under the test's tmp dir (the store itself is not created)."""
+    return tmp_path / "trace.zarr"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """``test-artifacts/`` under the repo root (git-ignored; created): screenshots, logs, exported figures."""
+    path = REPO_ROOT / "test-artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
