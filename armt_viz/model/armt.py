@@ -95,6 +95,7 @@ class SegmentOutput:
     logits: Tensor  # [batch, segment_tokens, vocab] (memory positions dropped)
     state: MemoryState  # memory after this segment's write
     segment: int  # index of this segment in the stream (0-based)
+    input_ids: Tensor | None = None  # [batch, segment_tokens]
 
 
 @dataclass
@@ -349,7 +350,7 @@ class ARMTModel(nn.Module):
         logits = out.logits[:, :L]
         new_state = MemoryState(tuple(ctx.new_assoc), tuple(ctx.new_normalizer), state.segments + 1) if write else state
         seg = state.segments if segment is None else segment
-        return SegmentOutput(logits, new_state, seg)
+        return SegmentOutput(logits, new_state, seg, input_ids)
 
     @staticmethod
     def _sync_device(state: MemoryState, device) -> MemoryState:

@@ -1,0 +1,13 @@
+"""Everything that runs the model to produce trace data: record, replay, probe_keys."""
+
+from .recorder import RecordInput, record
+from .replay import replay
+
+
+def probe_keys(*args, **kwargs):
+    """Replay a query for every live key from the stored memory (see record/probe_keys.py)."""
+    from .probe_keys import probe_keys as _pk
+    return _pk(*args, **kwargs)
+
+
+__all__ = ["record", "replay", "probe_keys", "RecordInput"]

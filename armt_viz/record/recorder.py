@@ -1,0 +1,403 @@
+"""`record`: run an ARMT over a token stream and write its memory into a trace store.
+
+The recorder attaches observers to the memory hook points (hooks.py) for the duration
+of the run, drives the model's one segment loop (`ARMTModel.stream`), reduces what it
+sees to the schema's variables (trace/schema.py) and appends them to the zarr store one
+chunk of segments at a time (trace/store.py), committing after each chunk together with
+the exact memory state, so a killed run resumes where it stopped and the result equals
+an uninterrupted run. RAM stays flat: nothing but the current chunk is held.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..config import RecordConfig
+from ..model.armt import ARMTModel, MemoryState
+from ..trace.io import open_trace
+from ..trace.schema import variables_for
+from ..trace.store import TraceWriter
+
+__all__ = ["record", "RecordInput"]
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
+
+
+@dataclass
+class RecordInput:
+    """A token source: a [batch, seq] tensor/array, or an iterable of [batch, n] chunks, plus an optional ledger."""
+
+    chunks: Iterable
+    batch: int | None = None
+    total_tokens: int | None = None
+    ledger: xr.Dataset | None = None
+    description: str = "tokens"
+
+
+def _as_input(inputs, ledger) -> RecordInput:
+    if isinstance(inputs, RecordInput):
+        return inputs
+    desc = type(inputs).__name__
+    if ledger is None and hasattr(inputs, "ledger") and hasattr(inputs, "input_ids"):
+        ledger, inputs = inputs.ledger, inputs.input_ids
+    if isinstance(inputs, (torch.Tensor, np.ndarray, list)):
+        t = torch.as_tensor(np.asarray(inputs) if isinstance(inputs, list) else inputs)
+        if t.ndim == 1:
+            t = t.unsqueeze(0)
+        if t.ndim != 2:
+            raise ValueError(f"record: token input must be [batch, seq] or [seq], got shape {tuple(t.shape)}")
+        return RecordInput([t], t.shape[0], t.shape[1], ledger, f"tensor {tuple(t.shape)}")
+    if isinstance(inputs, Iterable):
+        return RecordInput(inputs, None, None, ledger, f"stream ({desc})")
+    raise TypeError(f"record: expected token ids (tensor/array [batch, seq]) or an iterable of chunks, got {desc}")
+
+
+def _skip_tokens(chunks: Iterable, n: int):
+    """Drop the first n tokens (along seq) of a chunk stream (resume)."""
+    for c in chunks:
+        c = torch.as_tensor(c)
+        c = c.unsqueeze(0) if c.ndim == 1 else c
+        if n >= c.shape[1]:
+            n -= c.shape[1]
+            continue
+        yield c[:, n:]
+        n = 0
+
+
+@dataclass
+class _Capture:
+    """Hook observers for one segment: keeps references to the tensors it needs."""
+
+    level_rank: int
+    probe_positions: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def hooks(self, model: ARMTModel):
+        want = ["hook_read_query", "hook_read_out", "hook_read_denominator", "hook_write_gate", "hook_correction",
+                "hook_write_prev_value"]
+        if self.level_rank >= 1:
+            want += ["hook_write_key", "hook_write_delta"]
+        if self.level_rank >= 2:
+            want += ["hook_mem_output"]
+        names = {f"layers.{i}.memory.{p}" for i in range(model.n_layers) for p in want}
+
+        def grab(x, *, hook):
+            self.data[(hook.name.rsplit(".", 1)[1], hook.layer)] = x.detach()
+        return [(lambda n: n in names, grab)]
+
+
+def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, description) -> dict[str, Any]:
+    import transformers
+    import zarr
+    import armt_viz
+    return {
+        "armt_config": model.config.to_json(),
+        "backbone_config": json.dumps(model.backbone.config.to_dict(), sort_keys=True, default=str),
+        "record_config": rc.to_json(),
+        "checkpoint_sha256": getattr(model, "checkpoint_sha256", "") or "",
+        "input_description": description or inp.description,
+        "seed": -1 if seed is None else int(seed),
+        "versions": json.dumps({"armt_viz": armt_viz.__version__, "torch": torch.__version__,
+                                "transformers": transformers.__version__, "xarray": xr.__version__,
+                                "zarr": zarr.__version__, "python": platform.python_version()}),
+        "segment_size": model.config.segment_size,
+    }
+
+
+def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int = 64,
+           probes=None, resume: bool = False, *, chunk_segments: int | None = None, storage_dtype: str = "float32",
+           ledger: xr.Dataset | None = None, progress: bool = True, description: str | None = None, seed=None,
+           spectrum_rank: int = 16, initial_state: MemoryState | None = None) -> xr.Dataset:
+    """Record `model` over `inputs` into a trace (DESIGN.md §4).
+
+    Args:
+        inputs: token ids [batch, seq] (tensor/array), an iterable of [batch, n] chunks (a stream,
+            consumed lazily), or a task object with `.input_ids` and `.ledger`.
+        store: zarr path; None records into a temporary store and returns the loaded Dataset.
+        level: "summary" | "writes" | "full".
+        keyframe_every: segments between stored (A, z) keyframes.
+        probes: [(sample, token_index), ...] whose read query/out/denominator are kept per layer.
+        resume: continue a killed recording from its last committed chunk (same inputs and settings).
+        storage_dtype: dtype of write events on disk ("float32" exact; "float16"/"bfloat16" half the bytes).
+        ledger: task ledger (xarray, dim `event`) stored as `ledger_*` variables.
+    Returns the trace, lazily opened from the store (or loaded, with store=None).
+    """
+    if not isinstance(model, ARMTModel):
+        raise TypeError(f"record: model must be an armt_viz.ARMTModel, got {type(model).__name__}")
+    rc = RecordConfig(level=level, keyframe_every=keyframe_every, chunk_segments=chunk_segments or keyframe_every,
+                      storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
+    inp = _as_input(inputs, ledger)
+    tmp = None
+    if store is None:
+        tmp = tempfile.mkdtemp(prefix="armt_trace_")
+        path = Path(tmp) / "trace.zarr"
+    else:
+        path = Path(store)
+    try:
+        _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state).run()
+        ds = open_trace(path)
+        if tmp is not None:
+            ds = ds.load()
+        return ds
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Recording:
+    def __init__(self, model, rc, inp, path, probes, resume, progress, seed, description, initial_state):
+        self.model, self.rc, self.inp, self.path = model, rc, inp, path
+        self.progress, self.initial_state = progress, initial_state
+        self.rank = {"summary": 0, "writes": 1, "full": 2}[rc.level]
+        self.S = model.config.segment_size
+        self.M = model.config.num_mem_tokens
+        self.H = model.config.n_heads
+        self.sdtype = _NP_DTYPES[rc.storage_dtype]
+        self.probes = self._parse_probes(probes)
+        self.vars = variables_for(rc.level, probes=bool(self.probes))
+        attrs = _provenance(model, rc, inp, seed, description)
+        self.writer = TraceWriter(path, attrs=attrs, chunk_segments=rc.chunk_segments, resume=resume)
+        self.start_segment = self.writer.sizes["segment"]
+
+    def _parse_probes(self, probes):
+        if not probes:
+            return []
+        out = []
+        for p in probes:
+            try:
+                s, t = (int(p[0]), int(p[1])) if not isinstance(p, (int, np.integer)) else (0, int(p))
+            except Exception as exc:
+                raise ValueError(f"probes must be (sample, token) pairs, got {p!r}") from exc
+            if s < 0 or t < 0:
+                raise ValueError(f"probe {p!r}: sample and token must be non-negative")
+            out.append((s, t))
+        return out
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        model, rc = self.model, self.rc
+        was_training = model.training
+        model.eval()
+        state = self.initial_state
+        if self.writer.resume_state is not None:
+            state = _state_from_npz(self.writer.resume_state, model.memory.device)
+        elif self.start_segment:
+            raise RuntimeError("store has committed segments but no resume state; it cannot be resumed")
+        chunks = self.inp.chunks
+        if self.start_segment:
+            chunks = _skip_tokens(chunks, self.start_segment * self.S)
+        first_chunk = self.start_segment == 0
+        if first_chunk:
+            self._write_static()
+        cap = _Capture(self.rank)
+        total = None if self.inp.total_tokens is None else math.ceil(self.inp.total_tokens / self.S)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=self.start_segment, unit="seg", desc="record", disable=not self.progress,
+                   mininterval=0.5)
+        rows: list[dict] = []
+        kf_rows: list[dict] = []
+        seg_index = self.start_segment
+        try:
+            with model.hooks(cap.hooks(model)), torch.no_grad():
+                gen = model.stream(_offset_state(chunks), state)
+                for out in gen:
+                    prev = state if state is not None else model.init_state(out.logits.shape[0], out.logits.device)
+                    rows.append(self._segment_row(out, prev, cap, seg_index))
+                    state = out.state
+                    cap.data.clear()
+                    if (seg_index + 1) % rc.keyframe_every == 0:
+                        kf_rows.append(self._keyframe_row(state, seg_index))
+                    seg_index += 1
+                    bar.update(1)
+                    if seg_index % rc.chunk_segments == 0:
+                        self._flush(rows, kf_rows, state)
+                        rows, kf_rows = [], []
+                if rows or kf_rows:
+                    self._flush(rows, kf_rows, state)
+                self.writer.commit(_state_to_npz(state) if state is not None else None, complete=True)
+        finally:
+            bar.close()
+            model.train(was_training)
+
+    # ------------------------------------------------------------------ per segment
+    def _segment_row(self, out, prev: MemoryState, cap: _Capture, seg: int) -> dict:
+        model, M = self.model, self.M
+        d = cap.data
+        logits = out.logits
+        B, L = logits.shape[:2]
+        L_layers = model.n_layers
+        row: dict[str, Any] = {}
+        # tokens are recovered from the logits' inputs via the capture of the stream chunk: keep ids on out
+        ids = out.input_ids if hasattr(out, "input_ids") else None
+        tok = np.full((B, self.S), -1, np.int32)
+        if ids is not None:
+            tok[:, :L] = ids.cpu().numpy()
+        row["tokens"] = tok
+        row["segment"] = seg
+        row["segment_start"] = seg * self.S
+        row["segment_length"] = L
+        if ids is not None and L > 1:
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                   ids[:, 1:].reshape(-1), reduction="none").reshape(B, L - 1)
+            row["segment_loss"] = ce.mean(1).cpu().numpy().astype(np.float32)
+        else:
+            row["segment_loss"] = np.full(B, np.nan, np.float32)
+        stats = {k: np.zeros((B, L_layers), np.float32) for k in (
+            "assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max", "read_denominator_mean",
+            "write_gate_mean", "correction_mean", "correction_min", "prev_value_norm_mean", "write_delta_norm")}
+        wk = np.zeros((B, L_layers, M, model.config.d_mem), self.sdtype) if self.rank >= 1 else None
+        wd = np.zeros((B, L_layers, M, model.d_model), self.sdtype) if self.rank >= 1 else None
+        wg = np.zeros((B, L_layers, M), np.float32)
+        wc = np.zeros((B, L_layers, M, self.H), np.float32)
+        wp = np.zeros((B, L_layers, M), np.float32)
+        for l in range(L_layers):
+            A_new, z_new = out.state.assoc[l], out.state.normalizer[l]
+            stats["assoc_norm"][:, l] = A_new.flatten(1).norm(dim=1).cpu().numpy()
+            stats["normalizer_norm"][:, l] = z_new.flatten(1).norm(dim=1).cpu().numpy()
+            stats["write_delta_norm"][:, l] = (A_new - prev.assoc[l]).flatten(1).norm(dim=1).cpu().numpy()
+            r = d.get(("hook_read_out", l))
+            if r is not None:
+                rn = r[:, :L].float().norm(dim=-1)
+                stats["read_out_norm_mean"][:, l] = rn.mean(1).cpu().numpy()
+                stats["read_out_norm_max"][:, l] = rn.max(1).values.cpu().numpy()
+                stats["read_denominator_mean"][:, l] = d[("hook_read_denominator", l)][:, :L].float().mean((1, 2)).cpu().numpy()
+            g = d[("hook_write_gate", l)].float()
+            gm = g.mean(-1)
+            stats["write_gate_mean"][:, l] = gm.mean(1).cpu().numpy()
+            wg[:, l] = gm.cpu().numpy()
+            c = d[("hook_correction", l)].float().expand(B, M, self.H)
+            stats["correction_mean"][:, l] = c.mean((1, 2)).cpu().numpy()
+            stats["correction_min"][:, l] = c.amin((1, 2)).cpu().numpy()
+            wc[:, l] = c.cpu().numpy()
+            pv = d[("hook_write_prev_value", l)].float().norm(dim=-1).expand(B, M)
+            stats["prev_value_norm_mean"][:, l] = pv.mean(1).cpu().numpy()
+            wp[:, l] = pv.cpu().numpy()
+            if self.rank >= 1:
+                wk[:, l] = d[("hook_write_key", l)].float().cpu().numpy()
+                wd[:, l] = d[("hook_write_delta", l)].float().expand(B, M, -1).cpu().numpy()
+        row.update(stats)
+        if self.rank >= 1:
+            row.update(write_key=wk, write_delta=wd, write_gate=wg, write_correction=wc, write_prev_value_norm=wp)
+        if self.rank >= 2:
+            row["assoc_matrix"] = np.stack([out.state.flat_assoc(l).expand(B, -1, -1).cpu().numpy() for l in range(L_layers)], 1)
+            row["normalizer"] = np.stack([out.state.flat_normalizer(l).expand(B, -1).cpu().numpy() for l in range(L_layers)], 1)
+            row["mem_hidden"] = np.stack([d[("hook_mem_output", l)].float().cpu().numpy() for l in range(L_layers)], 1).astype(self.sdtype)
+        self._probe_rows(out, d, seg, L)
+        return row
+
+    def _probe_rows(self, out, d, seg, L):
+        if not self.probes:
+            return
+        model = self.model
+        hits = [(i, s, t - seg * self.S) for i, (s, t) in enumerate(self.probes) if seg * self.S <= t < seg * self.S + L]
+        for i, s, pos in hits:
+            q = np.zeros((model.n_layers, 2 * model.config.nu * model.config.d_mem), np.float32)
+            r = np.zeros((model.n_layers, model.d_model), np.float32)
+            den = np.full((model.n_layers, self.H), model.config.eps, np.float32)
+            for l in range(model.n_layers):
+                if ("hook_read_query", l) in d:
+                    q[l] = d[("hook_read_query", l)][s, pos].float().reshape(-1).cpu().numpy()
+                    r[l] = d[("hook_read_out", l)][s, pos].float().cpu().numpy()
+                    den[l] = d[("hook_read_denominator", l)][s, pos].float().cpu().numpy()
+            w = self.writer
+            w.write_static("read_query", ("probe", "layer", "key_feature"), q, index=i)
+            w.write_static("read_out", ("probe", "layer", "hidden"), r, index=i)
+            w.write_static("read_denominator", ("probe", "layer", "head"), den, index=i)
+            w.write_static("probe_prediction", ("probe",), np.int32(out.logits[s, pos].argmax().item()), index=i)
+
+    def _keyframe_row(self, state: MemoryState, seg: int) -> dict:
+        B = state.assoc[0].shape[0]
+        A = torch.stack([state.flat_assoc(l) for l in range(state.n_layers)], 1)  # [B, layer, F, D]
+        z = torch.stack([state.flat_normalizer(l) for l in range(state.n_layers)], 1)
+        sv = torch.linalg.svdvals(A.double())  # [B, layer, min(F, D)]
+        k = self.rc.spectrum_rank
+        spec = torch.full((B, state.n_layers, k), float("nan"), dtype=torch.float64)
+        spec[..., :min(k, sv.shape[-1])] = sv[..., :k]
+        p = sv / sv.sum(-1, keepdim=True).clamp_min(1e-300)
+        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+        return {"keyframe_segment": seg, "keyframe_assoc": A.cpu().numpy().astype(np.float32),
+                "keyframe_normalizer": z.cpu().numpy().astype(np.float32),
+                "spectrum": spec.numpy().astype(np.float32), "effective_rank": torch.exp(ent).numpy().astype(np.float32)}
+
+    # ------------------------------------------------------------------ writing
+    def _flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState):
+        w = self.writer
+        if rows:
+            data = {}
+            for name, spec in self.vars.items():
+                if spec.append_dim != "segment" or name not in rows[0]:
+                    continue
+                ax = spec.dims.index("segment")
+                data[name] = (spec.dims, np.stack([np.asarray(r[name]) for r in rows], axis=ax))
+            w.append("segment", data)
+        if kf_rows:
+            data = {}
+            n0 = w.sizes["keyframe"]
+            for name, spec in self.vars.items():
+                if spec.append_dim != "keyframe":
+                    continue
+                if name == "keyframe":
+                    data[name] = (spec.dims, np.arange(n0, n0 + len(kf_rows), dtype=np.int64))
+                    continue
+                ax = spec.dims.index("keyframe")
+                data[name] = (spec.dims, np.stack([np.asarray(r[name]) for r in kf_rows], axis=ax))
+            w.append("keyframe", data)
+        w.commit(_state_to_npz(state))
+
+    def _write_static(self):
+        w = self.writer
+        cfg = self.model.config
+        if self.probes:
+            P = len(self.probes)
+            s = np.array([p[0] for p in self.probes], np.int64)
+            t = np.array([p[1] for p in self.probes], np.int64)
+            w.write_static("probe_sample", ("probe",), s)
+            w.write_static("probe_token", ("probe",), t)
+            w.write_static("probe_segment", ("probe",), t // self.S)
+            w.write_static("probe_position", ("probe",), t % self.S)
+            w.write_static("read_query", ("probe", "layer", "key_feature"),
+                           np.zeros((P, self.model.n_layers, 2 * cfg.nu * cfg.d_mem), np.float32))
+            w.write_static("read_out", ("probe", "layer", "hidden"), np.zeros((P, self.model.n_layers, self.model.d_model), np.float32))
+            w.write_static("read_denominator", ("probe", "layer", "head"), np.full((P, self.model.n_layers, self.H), np.nan, np.float32))
+            w.write_static("probe_prediction", ("probe",), np.full(P, -1, np.int32))
+        if self.inp.ledger is not None:
+            for name, v in self.inp.ledger.variables.items():
+                vals = np.asarray(v.values)
+                if vals.dtype.kind in "UO":
+                    vals = vals.astype(str).astype(object)
+                    arr = w.group.create_array(name=f"ledger_{name}", shape=vals.shape, dtype=str,
+                                               dimension_names=v.dims, chunks=vals.shape or (1,))
+                    arr[...] = vals
+                    continue
+                w.write_static(f"ledger_{name}", tuple(v.dims), vals)
+            w.group.attrs["ledger_attrs"] = json.dumps({k: str(v) for k, v in self.inp.ledger.attrs.items()})
+
+
+def _offset_state(chunks):
+    return chunks
+
+
+def _state_to_npz(state: MemoryState) -> dict[str, np.ndarray]:
+    out = {"segments": np.array(state.segments)}
+    for l, (a, z) in enumerate(zip(state.assoc, state.normalizer)):
+        out[f"assoc_{l}"] = a.detach().float().cpu().numpy()
+        out[f"normalizer_{l}"] = z.detach().float().cpu().numpy()
+    return out
+
+
+def _state_from_npz(d: dict, device) -> MemoryState:
+    n = sum(1 for k in d if k.startswith("assoc_"))
+    A = tuple(torch.from_numpy(d[f"assoc_{l}"]).to(device) for l in range(n))
+    Z = tuple(torch.from_numpy(d[f"normalizer_{l}"]).to(device) for l in range(n))
+    return MemoryState(A, Z, int(d["segments"]))

@@ -1,0 +1,93 @@
+"""Counterfactual replay: restore the memory stored in a trace and run on, optionally edited.
+
+`replay(model, ds, from_segment, tokens=None, edits=...)` rebuilds the memory after segment
+`from_segment - 1` exactly (`memory_at`), applies edits to it, and records the run from
+`from_segment` on (by default over the trace's own tokens) into a new trace.
+
+Edits act on the memory at the restore point, using the algebra of DESIGN.md §4:
+    {"op": "delete", "segment": s, "layer": l, "mem_token": j}   A -= phi_w (x) u_w ; z -= gamma_w phi_w
+    {"op": "scale",  "segment": s, "layer": l, "mem_token": j, "factor": f}   the write counts f times
+    {"op": "inject", "layer": l, "key": k[d_mem], "delta": u[hidden], "gamma": g}   a new write
+`mem_token` may be omitted to edit every memory token of the segment. Later writes that read
+the edited memory (through v-bar) are not re-derived before `from_segment`; from there on the
+run is recomputed, so the edit propagates exactly through everything the model does next.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from ..model.armt import MemoryState
+from ..trace.reconstruct import _block_outer, features_np, memory_at
+from .recorder import record
+
+__all__ = ["replay", "restore_state"]
+
+
+def restore_state(model, ds, segment: int, edits=None) -> MemoryState:
+    """The MemoryState after `segment` (segment=-1: empty memory), with edits applied."""
+    cfg = json.loads(ds.attrs["armt_config"])
+    if segment < 0:
+        st = model.init_state(ds.sizes["sample"])
+        A = [st.flat_assoc(l).expand(ds.sizes["sample"], -1, -1).double().numpy() for l in range(model.n_layers)]
+        Z = [st.flat_normalizer(l).expand(ds.sizes["sample"], -1).double().numpy() for l in range(model.n_layers)]
+    else:
+        A, Z = [], []
+        for l in range(model.n_layers):
+            a, z = memory_at(ds, segment, l)
+            A.append(a.values.copy())
+            Z.append(z.values.copy())
+    for e in edits or []:
+        op, l = e.get("op"), int(e["layer"])
+        if op in ("delete", "scale"):
+            s = int(e["segment"])
+            if s > segment:
+                raise ValueError(f"edit {e}: segment {s} is not before the restore point (segment {segment})")
+            if "write_key" not in ds:
+                raise ValueError("delete/scale edits need a trace recorded at level 'writes' or 'full'")
+            j = e.get("mem_token")
+            sel = dict(segment=s, layer=l) if j is None else dict(segment=s, layer=l, mem_token=[int(j)])
+            key = ds["write_key"].isel(**sel).transpose("mem_token", "sample", "key_dim").values
+            delta = ds["write_delta"].isel(**sel).transpose("mem_token", "sample", "hidden").values.astype(np.float64)
+            gamma = ds["write_correction"].isel(**sel).transpose("mem_token", "sample", "head").values.astype(np.float64)
+            factor = 0.0 if op == "delete" else float(e["factor"])
+            w = factor - 1.0
+        elif op == "inject":
+            key = np.broadcast_to(np.asarray(e["key"], np.float64), (1, ds.sizes["sample"], cfg["d_mem"]))
+            delta = np.broadcast_to(np.asarray(e["delta"], np.float64), (1, ds.sizes["sample"], ds.sizes["hidden"]))
+            gamma = np.full((1, ds.sizes["sample"], cfg.get("n_heads", 1)), float(e.get("gamma", 1.0)))
+            w = 1.0
+        else:
+            raise ValueError(f"unknown edit op {op!r}; expected 'delete', 'scale' or 'inject'")
+        phi = features_np(key, cfg)
+        A[l] = A[l] + w * _block_outer(phi, delta, cfg.get("n_heads", 1))
+        if cfg.get("use_denom", True):
+            Z[l] = Z[l] + w * np.einsum("nbh,nbhf->bhf", gamma, phi).reshape(Z[l].shape)
+    dev = model.memory.device
+    return MemoryState.from_flat([torch.from_numpy(a).float().to(dev) for a in A],
+                                 [torch.from_numpy(z).float().to(dev) for z in Z],
+                                 segments=segment + 1, heads=cfg.get("n_heads", 1))
+
+
+def replay(model, ds, from_segment: int, tokens=None, edits=None, *, store=None, level=None, probes=None,
+           progress: bool = False, **record_kw):
+    """Run the model from `from_segment` on, starting from the trace's memory (edited); returns a new trace.
+
+    tokens: [batch, n] ids to feed instead of the trace's own tokens from `from_segment` on.
+    """
+    if not 0 <= from_segment < ds.sizes["segment"] + 1:
+        raise IndexError(f"from_segment {from_segment} outside [0, {ds.sizes['segment']}]")
+    state = restore_state(model, ds, from_segment - 1, edits)
+    if tokens is None:
+        tok = ds["tokens"].isel(segment=slice(from_segment, None)).values  # [sample, seg, pos]
+        B = tok.shape[0]
+        flat = tok.reshape(B, -1)
+        keep = flat[0] >= 0
+        tokens = torch.as_tensor(flat[:, keep].astype(np.int64))
+    level = level or json.loads(ds.attrs["record_config"])["level"]
+    return record(model, tokens, store=store, level=level, probes=probes, progress=progress,
+                  initial_state=state, description=f"replay from segment {from_segment} with {len(edits or [])} edit(s)",
+                  **record_kw)
