@@ -151,7 +151,10 @@ class AssociativeBlock(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(super().__getattr__("layer"), name)
+            inner = self.__dict__.get("_modules", {}).get("layer")
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
 
     def forward(self, hidden_states, *args, **kwargs):
         ctx = self._slot.ctx
