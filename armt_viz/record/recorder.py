@@ -135,7 +135,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     """
     if not isinstance(model, ARMTModel):
         raise TypeError(f"record: model must be an armt_viz.ARMTModel, got {type(model).__name__}")
-    rc = RecordConfig(level=level, keyframe_every=keyframe_every, chunk_segments=chunk_segments or keyframe_every,
+    rc = RecordConfig(level=level, keyframe_every=keyframe_every,
+                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
     tmp = None
@@ -153,6 +154,21 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
+    """Segments per chunk/commit: about 4 MB of data per chunk, between 16 and 512 segments.
+
+    Bigger chunks amortise zarr's per-append cost; smaller ones lose less on a crash."""
+    cfg, L, d = model.config, model.n_layers, model.d_model
+    b = 4 * L * 12 + 4 * cfg.segment_size
+    item = 2 if storage_dtype != "float32" else 4
+    if level in ("writes", "full"):
+        b += L * cfg.num_mem_tokens * (item * (cfg.d_mem + d) + 12)
+    if level == "full":
+        b += L * (4 * cfg.d_key * (d + 1) + item * cfg.num_mem_tokens * d)
+    n = int(4e6 // max(b, 1))
+    return int(min(512, max(16, 2 ** int(np.log2(max(n, 1))))))
 
 
 class _Recording:

@@ -1,0 +1,102 @@
+"""Tokens/s of a plain forward and of recording at each level, against the official-order reference.
+
+All numbers in one run, side by side, on the same machine; printed as ratios. Also bytes/token per level.
+
+    python -m bench.bench_forward [--config cpu-tiny|gpu-gpt2|gpu-llama1b] [--tokens N] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = {
+    # issue 7: tiny 4-layer d128 ARMT, segment 128, 16 memory tokens, d_mem 64 (CPU, one thread)
+    "cpu-tiny": dict(family="gpt2", layers=4, d=128, heads=4, vocab=128, S=128, M=16, d_mem=64, tokens=64 * 128),
+    # GPT-2 137M, segment 512, 10 memory tokens, d_mem 64
+    "gpu-gpt2": dict(family="gpt2", layers=12, d=768, heads=12, vocab=50257, S=512, M=10, d_mem=64, tokens=64 * 512),
+    "gpu-llama1b": dict(family="llama", layers=16, d=2048, heads=32, vocab=32000, S=1024, M=32, d_mem=64, tokens=16 * 1024),
+}
+
+
+def build(c, device, dtype):
+    import transformers
+    import armt_viz as av
+    torch.manual_seed(0)
+    if c["family"] == "gpt2":
+        hf = transformers.GPT2Config(n_layer=c["layers"], n_embd=c["d"], n_head=c["heads"], vocab_size=c["vocab"],
+                                     n_positions=max(1024, c["S"] + c["M"]), bos_token_id=0, eos_token_id=0)
+    else:
+        hf = transformers.LlamaConfig(num_hidden_layers=c["layers"], hidden_size=c["d"], num_attention_heads=c["heads"],
+                                      intermediate_size=4 * c["d"], vocab_size=c["vocab"], bos_token_id=0, eos_token_id=0)
+    bb = transformers.AutoModelForCausalLM.from_config(hf)
+    m = av.ARMTModel.from_backbone(bb, av.ARMTConfig(num_mem_tokens=c["M"], d_mem=c["d_mem"], segment_size=c["S"]))
+    with torch.no_grad():
+        for b in m.blocks:
+            b.W_mv.weight.normal_(0, 0.02)  # make the memory path non-trivial
+    return m.to(device=device, dtype=dtype).eval()
+
+
+def timeit(fn, sync, reps=3):
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="cpu-tiny", choices=list(CONFIGS))
+    p.add_argument("--tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--levels", nargs="*", default=["summary", "writes", "full"])
+    p.add_argument("--storage-dtype", default="float32")
+    a = p.parse_args(argv)
+    import armt_viz as av
+    from bench.official_order import OfficialOrderARMT
+    torch.set_num_threads(a.threads)
+    c = CONFIGS[a.config]
+    device = "cuda" if a.config.startswith("gpu") and torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, a.dtype)
+    m = build(c, device, dtype)
+    n = a.tokens or c["tokens"]
+    ids = torch.randint(0, c["vocab"], (1, n), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ref = OfficialOrderARMT(m)
+    rows = []
+    with torch.no_grad():
+        t_ref = timeit(lambda: ref(ids), sync)
+        rows.append(("official-order reference", t_ref, None))
+
+        def plain():
+            for _ in m.stream([ids]):
+                pass
+        rows.append(("armt_viz plain forward (stream)", timeit(plain, sync), None))
+    for level in a.levels:
+        if level == "full" and c["d"] > 256:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            store = Path(d) / "t.zarr"
+            t = timeit(lambda: av.record(m, ids, store=store, level=level, progress=False,
+                                         storage_dtype=a.storage_dtype), sync, reps=2)
+            size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and "_resume" not in f.parts)
+        rows.append((f"record level={level} ({a.storage_dtype})", t, size / n))
+    print(f"config={a.config} device={device} dtype={a.dtype} threads={a.threads} tokens={n} "
+          f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}")
+    print(f"{'path':<40} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}")
+    for name, t, bpt in rows:
+        print(f"{name:<40} {n / t:>10.0f} {t_ref / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}")
+
+
+if __name__ == "__main__":
+    main()
