@@ -67,8 +67,10 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     c = CONFIGS[a.config]
     device = "cuda" if a.config.startswith("gpu") and torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, a.dtype)
-    m = build(c, device, dtype)
+    m = build(c, device, torch.float32)
+    # bf16 = autocast (the official code cannot run pure-bf16 weights: its float32 state clashes)
+    amp = torch.autocast(device, dtype=torch.bfloat16) if a.dtype == "bfloat16" else __import__("contextlib").nullcontext()
+    amp.__enter__()
     n = a.tokens or c["tokens"]
     ids = torch.randint(0, c["vocab"], (1, n), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -82,6 +84,17 @@ def main(argv=None):
             for _ in m.stream([ids]):
                 pass
         rows.append(("armt_viz plain forward (stream)", timeit(plain, sync), None))
+        if device == "cuda":
+            from armt_viz.model.fast import GraphedStepper, fast_stream
+            stepper = GraphedStepper(m, 1)
+            eager = torch.cat([o.logits for o in m.stream([ids])], 1)
+            graphed = torch.cat([o.logits.clone() for o in fast_stream(m, ids, stepper)], 1)
+            err = ((graphed.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
+
+            def fast():
+                for _ in fast_stream(m, ids, stepper):
+                    pass
+            rows.append((f"armt_viz CUDA-graph forward (rel err {err:.1e})", timeit(fast, sync), None))
     for level in a.levels:
         if level == "full" and c["d"] > 256:
             continue

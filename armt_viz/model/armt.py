@@ -295,17 +295,24 @@ class ARMTModel(nn.Module):
         if input_ids.ndim == 1:
             input_ids = input_ids.unsqueeze(0)
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+            raise ValueError(f"input_ids must be [batch, seq] (or [seq]), got shape {tuple(input_ids.shape)}; "
+                             "reshape to one row of token ids per sample")
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}) for this model's vocabulary, got min {lo}, max {hi}")
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}) for this model's vocabulary, got min {lo}, max {hi}; "
+                "encode the text with this model's tokenizer (padding with a valid id, not -100/-1), or use a model "
+                "whose vocabulary covers these ids")
         return input_ids.long()
 
     def _check_mask(self, attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
         if attention_mask is None:
             return None
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor of 0/1 per token (or None), got "
+                            f"{type(attention_mask).__name__}; wrap with torch.as_tensor(...)")
         if attention_mask.ndim == 1:
             attention_mask = attention_mask.unsqueeze(0)
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
@@ -313,6 +320,10 @@ class ARMTModel(nn.Module):
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}; "
                 "pass one 0/1 entry per token, or None"
             )
+        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token), got other values "
+                             f"(min {attention_mask.min().item()}, max {attention_mask.max().item()}); "
+                             "pass one 0/1 entry per token, e.g. (ids != pad_id).long()")
         return attention_mask
 
     # ----------------------------------------------------------------- the segment step
@@ -330,8 +341,11 @@ class ARMTModel(nn.Module):
             self._slot.ctx = None
 
     def step(self, input_ids: Tensor, state: MemoryState | None = None, attention_mask: Tensor | None = None,
-             *, write: bool = True, segment: int | None = None) -> SegmentOutput:
-        """Run one segment: read from `state`, write into a new state. `input_ids` is [batch, <=S]."""
+             *, write: bool = True, segment: int | None = None, explicit_mask: bool = True) -> SegmentOutput:
+        """Run one segment: read from `state`, write into a new state. `input_ids` is [batch, <=S].
+
+        explicit_mask=False (fast paths only, wrap_pos=False, no padding) lets the backbone use its
+        own causal path without a mask tensor: same result, no host synchronisation."""
         B, L = input_ids.shape
         M = self.config.num_mem_tokens
         state = state if state is not None else self.init_state(B, input_ids.device)
@@ -339,9 +353,11 @@ class ARMTModel(nn.Module):
         x = self._embed_segment(input_ids)
         # Always pass an explicit mask (the official wrapper does too): with mask=None, transformers 5
         # reads non-monotonic position_ids (wrap_pos) as packed sequences and cuts memory off the text.
-        if attention_mask is None:
-            attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
-        am = torch.cat([attention_mask, attention_mask.new_ones(B, M)], dim=1)
+        am = None
+        if explicit_mask or attention_mask is not None or self.mem_position is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
+            am = torch.cat([attention_mask, attention_mask.new_ones(B, M)], dim=1)
         pos = None
         if self.mem_position is not None:
             dev = input_ids.device
@@ -405,6 +421,9 @@ class ARMTModel(nn.Module):
         with ctx:
             for chunk in chunks:
                 c = self._check_ids(torch.as_tensor(chunk, device=self.memory.device))
+                if buf is not None and c.shape[0] != buf.shape[0]:
+                    raise ValueError(f"stream: a chunk has batch {c.shape[0]}, the earlier chunks {buf.shape[0]}; "
+                                     "every chunk must hold the same samples ([batch, n] with one batch size)")
                 buf = c if buf is None else torch.cat([buf, c], dim=1)
                 while buf.shape[1] >= S:
                     out = self.step(buf[:, :S], state, segment=seg_index)
