@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,6 +35,9 @@ class _JSONMixin:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}.from_dict expects a dict of fields (a JSON object), got "
+                             f"{type(d).__name__}: {str(d)[:80]!r}; pass what to_dict()/to_json() wrote")
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - known)
         if unknown:
@@ -97,12 +101,18 @@ class ARMTConfig(_JSONMixin):
             f"ARMTConfig.segment_alignment must be one of {_ALIGNMENTS}, got {self.segment_alignment!r}.",
         )
         _check(
-            isinstance(self.eps, (int, float)) and self.eps >= 0,
-            f"ARMTConfig.eps must be a non-negative float, got {self.eps!r}.",
+            isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and math.isfinite(self.eps)
+            and self.eps >= 0,
+            f"ARMTConfig.eps must be a finite non-negative float, got {self.eps!r}.",
         )
         _check(
             self.d_mem % self.n_heads == 0,
             f"ARMTConfig.d_mem={self.d_mem} must be divisible by n_heads={self.n_heads}.",
+        )
+        _check(
+            self.layers_attr is None or (isinstance(self.layers_attr, str) and self.layers_attr.strip() != ""),
+            f"ARMTConfig.layers_attr must be None (pick from the backbone family) or a dotted attribute path such as "
+            f"'transformer.h', got {self.layers_attr!r}.",
         )
         for name in ("wrap_pos", "correction", "normalize_features", "gating", "use_denom", "gamma_eps"):
             _check(isinstance(getattr(self, name), bool), f"ARMTConfig.{name} must be a bool, got {getattr(self, name)!r}.")

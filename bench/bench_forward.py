@@ -75,7 +75,16 @@ def main(argv=None):
     ids = torch.randint(0, c["vocab"], (1, n), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ref = OfficialOrderARMT(m)
-    rows = []
+    print(f"config={a.config} device={device} dtype={a.dtype} threads={a.threads} tokens={n} "
+          f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}", flush=True)
+    print(f"{'path':<48} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}", flush=True)
+
+    class Rows(list):
+        def append(self, r):
+            super().append(r)
+            name, t, bpt = r
+            print(f"{name:<48} {n / t:>10.0f} {self[0][1] / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}", flush=True)
+    rows = Rows()
     with torch.no_grad():
         t_ref = timeit(lambda: ref(ids), sync)
         rows.append(("official-order reference", t_ref, None))
@@ -104,11 +113,7 @@ def main(argv=None):
                                          storage_dtype=a.storage_dtype), sync, reps=2)
             size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and "_resume" not in f.parts)
         rows.append((f"record level={level} ({a.storage_dtype})", t, size / n))
-    print(f"config={a.config} device={device} dtype={a.dtype} threads={a.threads} tokens={n} "
-          f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}")
-    print(f"{'path':<40} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}")
-    for name, t, bpt in rows:
-        print(f"{name:<40} {n / t:>10.0f} {t_ref / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}")
+    print("done", flush=True)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,9 @@ def _load_checked(model, sd: dict[str, torch.Tensor], source: str) -> None:
             hints.append("a position table 'wpe' that is num_mem_tokens rows longer means wrap_pos=True (or the reverse)")
         if any("W_mq" in s or "W_mk" in s for s in bad_shapes):
             hints.append("W_mq/W_mk shapes give d_mem: set ARMTConfig(d_mem=...) to the checkpoint's")
+        if any(".W_mb." in s for s in bad_shapes):
+            hints.append("W_mb rows give the write gate: n_heads rows (one gate per head) with gating=False, "
+                         "hidden-size rows with gating=True; set ARMTConfig(n_heads=..., gating=...) to the checkpoint's")
         if any(s.startswith("memory:") for s in bad_shapes):
             hints.append("memory shape gives num_mem_tokens: set ARMTConfig(num_mem_tokens=...)")
         if missing and all(".W_m" in k or k == "memory" for k in missing):
@@ -157,7 +160,7 @@ def _load_checked(model, sd: dict[str, torch.Tensor], source: str) -> None:
             f"  unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}\n"
             f"  shape mismatches ({len(bad_shapes)}): {bad_shapes[:20]}\n"
             "Fix: pass backbone= the HF config the checkpoint was trained with and an ARMTConfig with the same "
-            "num_mem_tokens, d_mem, wrap_pos" + (f". Hints: {'; '.join(hints)}" if hints else "")
+            "num_mem_tokens, d_mem, wrap_pos, n_heads, gating" + (f". Hints: {'; '.join(hints)}" if hints else "")
         )
     with torch.no_grad():
         for k, p in own.items():
@@ -202,7 +205,13 @@ def load_pretrained(cls, directory):
     bb_cfg = dict(meta["backbone"])
     attn = bb_cfg.pop("_attn_implementation", None) or None
     model = cls(build_backbone(bb_cfg, attn), ARMTConfig.from_dict(meta["armt"]))
-    missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False)
+    except Exception as exc:  # not safetensors (e.g. a pickle renamed), truncated, shapes that do not match
+        raise ValueError(
+            f"{str(d / 'model.safetensors')!r} is not a readable safetensors file matching config.json "
+            f"({type(exc).__name__}: {str(exc)[:200]}); expected the weights written by ARMTModel.save_pretrained. "
+            "Save the model again from a trusted copy") from exc
     if missing or unexpected:
         raise ValueError(f"{str(d)!r}: weights do not match config.json: missing {missing}, unexpected {unexpected}")
     model.checkpoint_sha256 = file_sha256(d / "model.safetensors")

@@ -27,7 +27,7 @@ from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
 from ..trace.io import open_trace
 from ..trace.schema import variables_for
-from ..trace.store import TraceWriter
+from ..trace.store import TraceWriter, bf16_encode
 
 __all__ = ["record", "RecordInput"]
 
@@ -58,6 +58,9 @@ def _as_input(inputs, ledger) -> RecordInput:
         if t.ndim != 2:
             raise ValueError(f"record: token input must be [batch, seq] or [seq], got shape {tuple(t.shape)}")
         return RecordInput([t], t.shape[0], t.shape[1], ledger, f"tensor {tuple(t.shape)}")
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError(f"record: expected token ids (tensor/array [batch, seq]) or an iterable of chunks, got {desc}; "
+                        "tokenize the text first (e.g. with the model's tokenizer) and pass the ids")
     if isinstance(inputs, Iterable):
         return RecordInput(inputs, None, None, ledger, f"stream ({desc})")
     raise TypeError(f"record: expected token ids (tensor/array [batch, seq]) or an iterable of chunks, got {desc}")
@@ -118,7 +121,8 @@ def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, desc
 def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int = 64,
            probes=None, resume: bool = False, *, chunk_segments: int | None = None, storage_dtype: str = "float32",
            ledger: xr.Dataset | None = None, progress: bool = True, description: str | None = None, seed=None,
-           spectrum_rank: int = 16, initial_state: MemoryState | None = None) -> xr.Dataset:
+           spectrum_rank: int = 16, initial_state: MemoryState | None = None,
+           check_finite: bool = True) -> xr.Dataset:
     """Record `model` over `inputs` into a trace (DESIGN.md §4).
 
     Args:
@@ -131,6 +135,9 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         resume: continue a killed recording from its last committed chunk (same inputs and settings).
         storage_dtype: dtype of write events on disk ("float32" exact; "float16"/"bfloat16" half the bytes).
         ledger: task ledger (xarray, dim `event`) stored as `ledger_*` variables.
+        check_finite: stop with a FloatingPointError naming the segment and layer where a NaN/Inf first
+            appears in the memory-token activations, the memory (A, z), the read-outs or the logits
+            (the committed prefix stays intact). The check reuses the per-segment norms, so it is cheap.
     Returns the trace, lazily opened from the store (or loaded, with store=None).
     """
     if not isinstance(model, ARMTModel):
@@ -146,7 +153,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     else:
         path = Path(store)
     try:
-        _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state).run()
+        _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
+                   check_finite=check_finite).run()
         ds = open_trace(path)
         if tmp is not None:
             ds = ds.load()
@@ -172,9 +180,10 @@ def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
 
 
 class _Recording:
-    def __init__(self, model, rc, inp, path, probes, resume, progress, seed, description, initial_state):
+    def __init__(self, model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
+                 check_finite: bool = True):
         self.model, self.rc, self.inp, self.path = model, rc, inp, path
-        self.progress, self.initial_state = progress, initial_state
+        self.progress, self.initial_state, self.check_finite = progress, initial_state, check_finite
         self.rank = {"summary": 0, "writes": 1, "full": 2}[rc.level]
         self.S = model.config.segment_size
         self.M = model.config.num_mem_tokens
@@ -241,6 +250,9 @@ class _Recording:
                         rows, kf_rows = [], []
                 if rows or kf_rows:
                     self._flush(rows, kf_rows, state)
+                if seg_index == 0:
+                    raise ValueError(f"record: the input holds no tokens ({self.inp.description}); expected token "
+                                     "ids [batch, seq] with seq >= 1 or a stream yielding at least one token")
                 self.writer.commit(_state_to_npz(state) if state is not None else None, complete=True)
         finally:
             bar.close()
@@ -302,6 +314,8 @@ class _Recording:
             if self.rank >= 1:
                 wk[:, l] = d[("hook_write_key", l)].float().cpu().numpy()
                 wd[:, l] = d[("hook_write_delta", l)].float().expand(B, M, -1).cpu().numpy()
+        if self.check_finite:
+            self._check_finite(seg, stats, row["segment_loss"], logits)
         row.update(stats)
         if self.rank >= 1:
             row.update(write_key=wk, write_delta=wd, write_gate=wg, write_correction=wc, write_prev_value_norm=wp)
@@ -311,6 +325,35 @@ class _Recording:
             row["mem_hidden"] = np.stack([d[("hook_mem_output", l)].float().cpu().numpy() for l in range(L_layers)], 1).astype(self.sdtype)
         self._probe_rows(out, d, seg, L)
         return row
+
+    def _check_finite(self, seg: int, stats: dict, loss: np.ndarray, logits) -> None:
+        """Raise at the first layer (in forward order) whose statistics are NaN/Inf (they are norms, so a
+        single non-finite entry of the tensor shows)."""
+        checks = (("read_out_norm_max", "the memory read-out added to its input"),
+                  ("write_gate_mean", "the memory-token activations at its output (write gate)"),
+                  ("prev_value_norm_mean", "the memory-token activations at its output (write value)"),
+                  ("assoc_norm", "its memory matrix A after the write"),
+                  ("normalizer_norm", "its memory normalizer z after the write"))
+        where = None
+        for l in range(self.model.n_layers):
+            for key, what in checks:
+                bad = ~np.isfinite(stats[key][:, l])
+                if bad.any():
+                    where = f"layer {l}: {what}, sample(s) {np.flatnonzero(bad).tolist()}"
+                    break
+            if where:
+                break
+        if where is None and not (np.isfinite(loss).all() and bool(torch.isfinite(logits).all())):
+            where = "the output logits (after the last layer)"
+        if where is None:
+            return
+        bad_params = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        cause = (f"non-finite weights: {bad_params[:5]}{' ...' if len(bad_params) > 5 else ''}" if bad_params
+                 else "the weights are finite, so the activations overflowed (check the input and the weight scale)")
+        raise FloatingPointError(
+            f"record: NaN/Inf at segment {seg}, {where}. Expected finite activations and memory; cause: {cause}. "
+            f"The store {str(self.path)!r} keeps the {self.writer._committed} segments committed before it. "
+            "Fix the model (or pass check_finite=False to record the non-finite values anyway)")
 
     def _probe_rows(self, out, d, seg, L):
         if not self.probes:
@@ -351,12 +394,20 @@ class _Recording:
         w = self.writer
         if rows:
             data = {}
+            bf16 = []
             for name, spec in self.vars.items():
                 if spec.append_dim != "segment" or name not in rows[0]:
                     continue
                 ax = spec.dims.index("segment")
-                data[name] = (spec.dims, np.stack([np.asarray(r[name]) for r in rows], axis=ax))
+                arr = np.stack([np.asarray(r[name]) for r in rows], axis=ax)
+                if spec.dtype == "storage" and self.rc.storage_dtype == "bfloat16":
+                    arr = bf16_encode(arr)
+                    bf16.append(name)
+                data[name] = (spec.dims, arr)
             w.append("segment", data)
+            for name in bf16:
+                if w.group[name].attrs.get("armt_encoding") != "bfloat16":
+                    w.group[name].attrs["armt_encoding"] = "bfloat16"
         if kf_rows:
             data = {}
             n0 = w.sizes["keyframe"]

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .schema import SCHEMA, SCHEMA_VERSION
-from .store import TraceStoreError, read_commit
+from .store import COMMIT_FILE, TraceStoreError, bf16_decode, read_commit
 
 __all__ = ["open_trace", "open_traces", "validate_trace"]
 
@@ -35,7 +35,10 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
     version = g.attrs.get("schema_version")
     if version is None:
         raise TraceStoreError(f"{str(path)!r} has no schema_version attribute; it was not written by armt_viz")
-    if int(version) > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TraceStoreError(f"{str(path)!r}: schema_version must be an int, got {version!r}; the store's "
+                              "root zarr.json is corrupted or was not written by armt_viz")
+    if version > SCHEMA_VERSION:
         raise TraceStoreError(
             f"{str(path)!r} uses trace schema version {version}, newer than this armt_viz supports ({SCHEMA_VERSION}); "
             "upgrade armt_viz to read it"
@@ -45,12 +48,28 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
         dims = tuple(arr.metadata.dimension_names or ())
         if len(dims) != arr.ndim:
             raise TraceStoreError(f"{str(path)!r}: array {name!r} has no dimension names; not an armt_viz trace")
+        for ax, d in enumerate(dims):
+            if d in sizes and arr.shape[ax] < sizes[d]:
+                raise TraceStoreError(
+                    f"{str(path)!r}: array {name!r} holds {arr.shape[ax]} rows along {d!r}, but {COMMIT_FILE} says "
+                    f"{sizes[d]} were committed; the store is damaged (files removed or replaced?). "
+                    "Record it again")
         x = da.from_zarr(arr)
+        if arr.attrs.get("armt_encoding") == "bfloat16":
+            x = x.map_blocks(bf16_decode, dtype=np.float32)
         idx = tuple(slice(0, sizes[d]) if d in sizes else slice(None) for d in dims)
         x = x[idx]
         var = xr.Variable(dims, x, attrs=dict(arr.attrs))
         (coords if name in _COORDS else variables)[name] = var
-    ds = xr.Dataset(variables, coords=coords, attrs=dict(g.attrs))
+    try:
+        ds = xr.Dataset(variables, coords=coords, attrs=dict(g.attrs))
+    except ValueError as exc:  # e.g. two arrays disagree on a dimension's size
+        problems = [f"{n}: dims {v.dims}, schema says {SCHEMA[n].dims}" for n, v in {**variables, **coords}.items()
+                    if n in SCHEMA and not n.startswith("ledger_") and tuple(v.dims) != SCHEMA[n].dims]
+        raise TraceStoreError(
+            f"{str(path)!r}: the arrays do not form one dataset ({exc})"
+            + ("; " + "; ".join(problems) if problems else "")
+            + "; the store is damaged or was not written by armt_viz. Record it again") from exc
     ds.attrs["committed_segments"] = sizes.get("segment", 0)
     ds.attrs["complete"] = int(bool(commit.get("complete")))
     ds.encoding["source"] = str(Path(path))

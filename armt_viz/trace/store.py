@@ -15,23 +15,54 @@ first trims the arrays back to the committed sizes.
 
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
 import json
-import warnings
 import os
+import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .schema import APPEND_DIMS, SCHEMA, SCHEMA_VERSION
 
-__all__ = ["TraceWriter", "read_commit", "COMMIT_FILE", "TraceStoreError"]
+__all__ = ["TraceWriter", "read_commit", "COMMIT_FILE", "TraceStoreError", "TraceWriteError"]
 
 COMMIT_FILE = "armt_commit.json"
 RESUME_DIR = "_resume"
+STAGING_SUFFIX = ".partial"  # a new store is built at <path>.partial and moved to <path> with its first commit
+_STATE_FILE_RE = re.compile(r"^_resume/state_[0-9]+\.npz$")
+
+
+def bf16_encode(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even (numpy has no bfloat16)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (0x7FFF + ((u >> 16) & 1))
+    rounded = np.where(np.isnan(x), u | 0x00400000, rounded)  # keep NaN a NaN
+    return (rounded >> 16).astype(np.uint16)
+
+
+def bf16_decode(u: np.ndarray) -> np.ndarray:
+    return (np.asarray(u, dtype=np.uint32) << 16).view(np.float32)
 
 
 class TraceStoreError(ValueError):
     """A store that is not a readable armt_viz trace."""
+
+
+class TraceWriteError(OSError):
+    """Writing a trace store failed (disk full, read-only folder, ...); the committed prefix is intact."""
+
+
+_WRITE_FIXES = {
+    _errno.ENOSPC: "free space on that filesystem (or record to another disk)",
+    _errno.EDQUOT: "free space within your disk quota",
+    _errno.EACCES: "make the folder writable by this user",
+    _errno.EPERM: "make the folder writable by this user",
+    _errno.EROFS: "the filesystem is mounted read-only; remount it read-write or record to a writable disk",
+}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -46,6 +77,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def read_commit(path) -> dict:
     p = Path(path)
     if not p.exists():
+        staging = p.with_name(p.name + STAGING_SUFFIX)
+        if staging.exists():
+            raise FileNotFoundError(
+                f"no trace at {str(p)!r} yet: a recording into it has started but not committed its first chunk "
+                f"({str(staging)!r} is being built); wait for it (or, if that recording died, record again: "
+                "resume=True starts afresh)")
         raise FileNotFoundError(f"no trace at {str(p)!r}: the path does not exist; record one with av.record(..., store=path)")
     f = p / COMMIT_FILE
     if not f.exists():
@@ -55,9 +92,22 @@ def read_commit(path) -> dict:
         )
     try:
         commit = json.loads(f.read_text())
-        sizes = {k: int(v) for k, v in commit["sizes"].items()}
+        sizes = {}
+        for k, v in commit["sizes"].items():
+            if k not in APPEND_DIMS or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"sizes must map {APPEND_DIMS} to non-negative ints, got {k!r}: {v!r}")
+            sizes[k] = v
+        if set(sizes) != set(APPEND_DIMS):
+            raise ValueError(f"sizes must give every append dim {APPEND_DIMS}, got {sorted(sizes)}")
+        state_file = commit.get("state_file")
+        if state_file is not None and not (isinstance(state_file, str) and _STATE_FILE_RE.match(state_file)):
+            raise ValueError(f"state_file must be '_resume/state_<n>.npz' inside the store, got {state_file!r}")
     except Exception as exc:
-        raise TraceStoreError(f"{str(f)!r} is corrupted ({exc}); expected JSON with 'sizes'") from exc
+        raise TraceStoreError(
+            f"{str(f)!r} is corrupted ({type(exc).__name__}: {str(exc)[:200]}); expected JSON like "
+            '{"sizes": {"segment": <n>, "keyframe": <k>}, "state_file": "_resume/state_<n>.npz"}. '
+            "The data may be intact: if you know the committed sizes, rewrite this file; otherwise record again"
+        ) from exc
     commit["sizes"] = sizes
     return commit
 
@@ -66,12 +116,19 @@ class TraceWriter:
     """Owns one store while recording. Arrays are created on the first append of their dim."""
 
     def __init__(self, path, *, attrs: dict, chunk_segments: int, resume: bool = False):
-        import zarr
         self.path = Path(path)
+        self.root = self.path  # the folder written: <path>.partial until the first commit moves it to <path>
         self.chunk_segments = chunk_segments
         self.resume_state = None
-        if resume and (self.path / COMMIT_FILE).exists():
-            commit = read_commit(self.path)
+        self.sizes = {d: 0 for d in APPEND_DIMS}
+        self._committed = 0
+        with self._io("opening the store"):
+            self._open(attrs, resume)
+
+    def _open(self, attrs: dict, resume: bool) -> None:
+        import zarr
+        commit = read_commit(self.path) if resume and (self.path / COMMIT_FILE).exists() else None
+        if commit is not None and commit["sizes"].get("segment", 0) > 0:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
                 self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
@@ -80,25 +137,77 @@ class TraceWriter:
             new = json.loads(attrs.get("record_config", "{}"))
             if old and new and old != new:
                 raise ValueError(f"resume=True but the record config differs from the store's: store {old}, now {new}; resume with the same settings or record to a new store")
-            self.sizes = dict(commit["sizes"])
+            self.sizes.update(commit["sizes"])
             for name, arr in arrays:
                 dims = tuple(arr.metadata.dimension_names)
                 for ax, d in enumerate(dims):
                     if d in self.sizes and arr.shape[ax] != self.sizes[d]:
                         arr.resize(tuple(self.sizes[d] if i == ax else s for i, s in enumerate(arr.shape)))
             if commit.get("state_file"):
-                with np.load(self.path / commit["state_file"]) as z:
-                    self.resume_state = {k: z[k] for k in z.files}
+                sf = self.path / commit["state_file"]
+                try:
+                    with np.load(sf, allow_pickle=False) as z:
+                        self.resume_state = {k: z[k] for k in z.files}
+                except Exception as exc:
+                    raise TraceStoreError(
+                        f"resume state {str(sf)!r} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "the store opens up to its last commit, but cannot be resumed: record again with resume=False"
+                    ) from exc
+            self._committed = self.sizes.get("segment", 0)
+            self.group.attrs.update(attrs)
+            self.group.attrs["schema_version"] = SCHEMA_VERSION
         else:
-            if self.path.exists() and any(self.path.iterdir()):
-                if not (self.path / COMMIT_FILE).exists() and not (self.path / "zarr.json").exists():
-                    raise FileExistsError(f"{str(self.path)!r} exists and is not a trace store; choose an empty or new path")
-                import shutil
-                shutil.rmtree(self.path)
-            self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-            self.sizes = {d: 0 for d in APPEND_DIMS}
-        self.group.attrs.update(attrs)
-        self.group.attrs["schema_version"] = SCHEMA_VERSION
+            self._create_store(attrs)
+
+    def _create_store(self, attrs: dict) -> None:
+        """A fresh store is built at <path>.partial and moved to <path> by its first commit, so a store that
+        exists always opens, and an old store at <path> is replaced only once the new one has data."""
+        import zarr
+        p = self.path
+        if p.exists() and not (p.is_dir() and ((p / COMMIT_FILE).exists() or (p / "zarr.json").exists()
+                                               or not any(p.iterdir()))):
+            raise FileExistsError(f"{str(p)!r} exists and is not a trace store; choose an empty or new path")
+        staging = p.with_name(p.name + STAGING_SUFFIX)
+        if staging.exists():
+            shutil.rmtree(staging)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+        self.group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
+        self.root = staging
+
+    def _move_into_place(self) -> None:
+        import zarr
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.root, self.path)
+        self.root = self.path
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+
+    @contextlib.contextmanager
+    def _io(self, what: str):
+        """Turn an OSError of the filesystem into a TraceWriteError that names the store and the fix."""
+        try:
+            yield
+        except TraceWriteError:
+            raise
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, FileExistsError)) and exc.errno not in _WRITE_FIXES:
+                raise
+            fix = _WRITE_FIXES.get(exc.errno, "fix the cause above")
+            if self.root != self.path:
+                state = (f"Nothing was committed yet (the new store was being built at {str(self.root)!r}; "
+                         "an older store at the path, if any, is untouched)")
+            else:
+                state = (f"The store is intact: it opens with av.open_trace and holds the {self._committed} "
+                         "segments committed before the failure")
+            raise TraceWriteError(
+                exc.errno,
+                f"writing the trace store {str(self.path)!r} failed while {what}: {exc.strerror or exc}. {state}. "
+                f"Fix: {fix}; then call av.record(..., store={str(self.path)!r}, resume=True) with the same "
+                "inputs and settings to continue where it stopped",
+            ) from exc
 
     # ------------------------------------------------------------------ arrays
     def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
@@ -128,6 +237,10 @@ class TraceWriter:
 
     def append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         """Append `rows[name] = (dims, array)` along `dim` (the arrays carry n new rows on that axis)."""
+        with self._io(f"appending {dim} rows"):
+            self._append(dim, rows)
+
+    def _append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         start = self.sizes[dim]
         n = None
         for name, (dims, data) in rows.items():
@@ -146,6 +259,10 @@ class TraceWriter:
 
     def write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
         """Create (if needed) a non-appended array and write it, or the rows `index` of its first axis."""
+        with self._io(f"writing {name!r}"):
+            self._write_static(name, dims, data, index)
+
+    def _write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
         if name not in self.group:
             if index is not None:
                 raise ValueError(f"static array {name!r} must be created whole before partial writes")
@@ -159,17 +276,24 @@ class TraceWriter:
             arr[index] = data
 
     def commit(self, state: dict[str, np.ndarray] | None, *, complete: bool = False, extra: dict | None = None) -> None:
+        with self._io("committing a chunk"):
+            self._commit(state, complete, extra)
+            if self.root != self.path:
+                self._move_into_place()
+        self._committed = self.sizes.get("segment", 0)
+
+    def _commit(self, state, complete, extra) -> None:
         state_file = None
-        rdir = self.path / RESUME_DIR
+        rdir = self.root / RESUME_DIR
         if state is not None:
             rdir.mkdir(exist_ok=True)
             state_file = f"{RESUME_DIR}/state_{self.sizes['segment']}.npz"
-            tmp = self.path / (state_file + f".tmp{os.getpid()}.npz")
+            tmp = self.root / (state_file + f".tmp{os.getpid()}.npz")
             np.savez(tmp, **state)
-            os.replace(tmp, self.path / state_file)
+            os.replace(tmp, self.root / state_file)
         payload = {"sizes": self.sizes, "state_file": state_file, "complete": complete, "schema_version": SCHEMA_VERSION}
         payload.update(extra or {})
-        _atomic_write(self.path / COMMIT_FILE, json.dumps(payload).encode())
+        _atomic_write(self.root / COMMIT_FILE, json.dumps(payload).encode())
         if rdir.exists():
             keep = Path(state_file).name if state_file else None
             for f in rdir.iterdir():

@@ -120,3 +120,15 @@ def test_bad_inputs_raise_clear_errors(model):
         av.record(model, torch.zeros(1, 0, dtype=torch.long), progress=False)
     with pytest.raises(ValueError, match="level"):
         av.record(model, torch.tensor([[1, 2]]), level="everything", progress=False)
+
+
+@pytest.mark.parametrize("dtype,bound", [("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_16bit_storage_is_really_16bit_and_decodes(model, tmp_path, dtype, bound):
+    ids = torch.randint(0, 32, (1, 64))
+    ref = av.record(model, ids, level="writes", progress=False)
+    ds = av.record(model, ids, store=tmp_path / "t.zarr", level="writes", storage_dtype=dtype, progress=False)
+    import zarr
+    raw = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["write_delta"]
+    assert raw.dtype.itemsize == 2
+    got, want = ds["write_delta"].values.astype(np.float64), ref["write_delta"].values
+    assert 0 < np.abs(got - want).max() / np.abs(want).max() <= bound
