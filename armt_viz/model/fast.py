@@ -21,25 +21,31 @@ __all__ = ["GraphedStepper", "fast_stream"]
 
 
 class GraphedStepper:
-    def __init__(self, model: ARMTModel, batch_size: int = 1):
+    def __init__(self, model: ARMTModel, batch_size: int = 1, extra=None, capture=(True, False)):
+        """extra(out, stepper, first) -> dict of tensors computed inside the graph after the step
+        (the recorder's per-segment statistics); returned by `step` as static buffers."""
         if model.config.wrap_pos:
             raise ValueError("the CUDA-graph fast path needs wrap_pos=False; use model.stream for wrap_pos models")
         dev = model.memory.device
         if dev.type != "cuda":
             raise ValueError(f"the CUDA-graph fast path needs the model on a CUDA device, it is on {dev}")
-        self.model, self.B = model, batch_size
+        self.model, self.B, self.extra = model, batch_size, extra
         S = model.config.segment_size
         self.ids = torch.zeros(batch_size, S, dtype=torch.long, device=dev)
         z = model.init_state(batch_size, dev)
         self.A = [a.expand(batch_size, *a.shape[1:]).clone() for a in z.assoc]
         self.Z = [n.expand(batch_size, *n.shape[1:]).clone() for n in z.normalizer]
-        self.graphs, self.outs = {}, {}
-        for first in (True, False):
+        self.graphs, self.outs, self.extras = {}, {}, {}
+        for first in capture:
             self._capture(first)
+
+    def capture_more(self, first: bool) -> None:
+        self._capture(first)
 
     def _run(self, first: bool):
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
-        return self.model.step(self.ids, st, explicit_mask=False)
+        out = self.model.step(self.ids, st, explicit_mask=False)
+        return out, (self.extra(out, self, first) if self.extra else {})
 
     @torch.no_grad()
     def _capture(self, first: bool):
@@ -51,8 +57,8 @@ class GraphedStepper:
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            out = self._run(first)
-        self.graphs[first], self.outs[first] = g, out
+            out, extra = self._run(first)
+        self.graphs[first], self.outs[first], self.extras[first] = g, out, extra
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, segments_done: int) -> SegmentOutput:
@@ -66,6 +72,10 @@ class GraphedStepper:
             z.copy_(z_new)
         state = MemoryState(tuple(self.A), tuple(self.Z), segments_done + 1)
         return SegmentOutput(out.logits, state, segments_done, ids)
+
+    def last_extra(self, segments_done: int) -> dict:
+        """The `extra` tensors of the latest replay (static buffers: copy before the next step)."""
+        return self.extras[segments_done == 0]
 
     def load_state(self, state: MemoryState):
         for a, src in zip(self.A, state.assoc):

@@ -28,6 +28,7 @@ from ..model.armt import ARMTModel, MemoryState
 from ..trace.io import open_trace
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
+from .fast_record import graph_record_eligible, run_graphed
 
 __all__ = ["record", "RecordInput"]
 
@@ -122,7 +123,7 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
            probes=None, resume: bool = False, *, chunk_segments: int | None = None, storage_dtype: str = "float32",
            ledger: xr.Dataset | None = None, progress: bool = True, description: str | None = None, seed=None,
            spectrum_rank: int = 16, initial_state: MemoryState | None = None,
-           check_finite: bool = True) -> xr.Dataset:
+           check_finite: bool = True, fast: bool = True) -> xr.Dataset:
     """Record `model` over `inputs` into a trace (DESIGN.md §4).
 
     Args:
@@ -135,6 +136,7 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         resume: continue a killed recording from its last committed chunk (same inputs and settings).
         storage_dtype: dtype of write events on disk ("float32" exact; "float16"/"bfloat16" half the bytes).
         ledger: task ledger (xarray, dim `event`) stored as `ledger_*` variables.
+        fast: on CUDA, replay the step and the statistics as a CUDA graph when possible (same values).
         check_finite: stop with a FloatingPointError naming the segment and layer where a NaN/Inf first
             appears in the memory-token activations, the memory (A, z), the read-outs or the logits
             (the committed prefix stays intact). The check reuses the per-segment norms, so it is cheap.
@@ -153,8 +155,10 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     else:
         path = Path(store)
     try:
-        _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
-                   check_finite=check_finite).run()
+        rec = _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
+                         check_finite=check_finite)
+        rec.fast = fast
+        rec.run()
         ds = open_trace(path)
         if tmp is not None:
             ds = ds.load()
@@ -235,6 +239,9 @@ class _Recording:
         seg_index = self.start_segment
         try:
             with model.hooks(cap.hooks(model)), torch.no_grad():
+                if self.fast and graph_record_eligible(model, self):
+                    state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar)
+                    chunks = [leftover] if leftover is not None else []
                 gen = model.stream(_offset_state(chunks), state)
                 for out in gen:
                     prev = state if state is not None else model.init_state(out.logits.shape[0], out.logits.device)
@@ -325,6 +332,20 @@ class _Recording:
             row["mem_hidden"] = np.stack([d[("hook_mem_output", l)].float().cpu().numpy() for l in range(L_layers)], 1).astype(self.sdtype)
         self._probe_rows(out, d, seg, L)
         return row
+
+    def _check_rows_finite(self, rows: list[dict], seg0: int) -> None:
+        """Host-side NaN/Inf check of rows computed on the device (graph path)."""
+        if not self.check_finite:
+            return
+        for i, r in enumerate(rows):
+            for k in ("read_out_norm_max", "write_gate_mean", "assoc_norm", "normalizer_norm"):
+                bad = ~np.isfinite(r[k])
+                if bad.any():
+                    layer = int(np.argwhere(bad)[0][-1])
+                    raise FloatingPointError(
+                        f"record: NaN/Inf at segment {seg0 + i}, layer {layer} ({k}). Expected finite activations and "
+                        f"memory. The store {str(self.path)!r} keeps the segments committed before it. Fix the model "
+                        "(or pass check_finite=False)")
 
     def _check_finite(self, seg: int, stats: dict, loss: np.ndarray, logits) -> None:
         """Raise at the first layer (in forward order) whose statistics are NaN/Inf (they are norms, so a
