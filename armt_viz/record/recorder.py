@@ -400,7 +400,7 @@ class _Recording:
         B = state.assoc[0].shape[0]
         A = torch.stack([state.flat_assoc(l) for l in range(state.n_layers)], 1)  # [B, layer, F, D]
         z = torch.stack([state.flat_normalizer(l) for l in range(state.n_layers)], 1)
-        sv = torch.linalg.svdvals(A.double())  # [B, layer, min(F, D)]
+        sv = torch.linalg.svdvals(A.double()).cpu()  # [B, layer, min(F, D)]
         k = self.rc.spectrum_rank
         spec = torch.full((B, state.n_layers, k), float("nan"), dtype=torch.float64)
         spec[..., :min(k, sv.shape[-1])] = sv[..., :k]
