@@ -1,0 +1,229 @@
+"""``TraceStore``: the dashboard's data store and selection (Panel DataStore/View split, STYLE.md rule 20).
+
+One store per browser session. It owns the selection (trace, layer, segment, fact, visible segment range)
+as ``param`` parameters, makes its widgets per instance (labels ``Trace``, ``Layer``, ``Segment``, ``Fact``),
+and opens traces through ``paths.resolve_trace`` only: a name that resolves outside the trace root (``..``,
+symlinks, absolute paths) is refused and never opened. Views read data through the memoised loaders with the
+store's ``path`` and ``stamp`` as keys, so sessions share loaded data but never each other's selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import panel as pn
+import param
+import xarray as xr
+from panel.viewable import Viewer
+
+from .. import data as _data
+from ..export import export_zip, selection_subset
+from ..paths import TracePathError, list_traces, resolve_trace
+from . import loaders
+
+__all__ = ["TraceStore"]
+
+log = logging.getLogger(__name__)
+NO_FACT = -1
+NO_TRACE_LABEL = "— no trace —"
+
+
+class TraceStore(Viewer):
+    """The selection and the open trace of one dashboard session.
+
+    Args:
+        trace_root: folder whose traces may be listed and opened (nothing outside it is).
+        trace: root-relative name of the trace to open (default: the most recently written one).
+    """
+
+    trace_root = param.String(default=".", constant=True, doc="Folder of the traces this store may open.")
+    trace = param.String(default="", doc="Root-relative name of the open trace ('' = none).")
+    layer = param.Integer(default=0, bounds=(0, 0), doc="Selected layer.")
+    segment = param.Integer(default=0, bounds=(0, 0), doc="Selected segment.")
+    fact = param.Integer(default=NO_FACT, doc="Selected fact id of the task ledger (-1 = none).")
+    sample = param.Integer(default=0, bounds=(0, 0), doc="Selected sample (batch row) of the trace.")
+    x_range = param.Tuple(default=None, length=2, allow_None=True,
+                          doc="Visible segment range of the timeline (None = whole run).")
+    show_stale_mass = param.Boolean(default=False, doc="Add the stale mass row to the timeline (computed once).")
+    status = param.String(default="", doc="Message about the last refused or failed trace.")
+    path = param.String(default="", doc="Real path of the open trace (inside the root).")
+    stamp = param.Integer(default=0, doc="Commit stamp of the open trace (cache key).")
+    version = param.Event(doc="Fires after a trace was opened (views rebuild).")
+
+    def __init__(self, **params):
+        trace = params.pop("trace", None)
+        super().__init__(**params)
+        self.ds: xr.Dataset | None = None
+        names = self.available_traces()
+        self._trace_select = pn.widgets.Select(label="Trace", options={NO_TRACE_LABEL: "", **{n: n for n in names}},
+                                               value="", sizing_mode="stretch_width")
+        # each of Layer and Segment: a labelled number box (type a value; a <label> names it) and a slider
+        self._layer = pn.widgets.IntInput.from_param(self.param.layer, label="Layer", width=96)
+        self._layer_slider = pn.widgets.IntSlider.from_param(self.param.layer, label="", show_value=False,
+                                                             sizing_mode="stretch_width", margin=(36, 10, 5, 12))
+        self._segment = pn.widgets.IntInput.from_param(self.param.segment, label="Segment", width=96)
+        self._segment_slider = pn.widgets.IntSlider.from_param(self.param.segment, label="", show_value=False,
+                                                               sizing_mode="stretch_width", margin=(36, 10, 5, 12))
+        self._fact = pn.widgets.Select(label="Fact", options={"(no ledger)": NO_FACT}, sizing_mode="stretch_width")
+        self._stale = pn.widgets.Checkbox.from_param(self.param.show_stale_mass,
+                                                     label="Show stale mass on the timeline")
+        self._export = pn.widgets.FileDownload(callback=self._export_selection, filename="selection.zarr.zip",
+                                               label="Export selection (zarr, zipped)",
+                                               sizing_mode="stretch_width")
+        self._trace_select.param.watch(lambda e: setattr(self, "trace", e.new or ""), "value")
+        self._fact.param.watch(lambda e: setattr(self, "fact", NO_FACT if e.new is None else int(e.new)), "value")
+        self.param.watch(self._on_trace, "trace")
+        self.param.watch(self._sync_fact_widget, "fact")
+        self.param.watch(self._update_filename, ["trace", "layer", "segment"])
+        first = trace if trace is not None else self._default_trace()
+        if first:
+            self.trace = first
+
+    # ------------------------------------------------------------------ traces
+    def available_traces(self) -> list[str]:
+        """Root-relative names of the traces under the root (nothing outside it)."""
+        try:
+            return list_traces(self.trace_root)
+        except FileNotFoundError as exc:
+            self.status = str(exc)
+            return []
+
+    def _default_trace(self) -> str:
+        names = [n for n in self._trace_select.options.values() if n]
+        if not names:
+            return ""
+        root = os.path.realpath(self.trace_root)
+        # the most recently committed trace; a symlinked alias loses ties to its target
+        return max(names, key=lambda n: (loaders.stamp_of(os.path.join(root, n)),
+                                         not os.path.islink(os.path.join(root, n))))
+
+    def _on_trace(self, event) -> None:
+        name = event.new
+        if not name:
+            self._close()
+            return
+        try:
+            path = str(resolve_trace(self.trace_root, name))
+            stamp = loaders.stamp_of(path)
+            ds = loaders.open_dataset(path, stamp)
+        except TracePathError as exc:
+            log.warning("refused trace %r: %s", name[:80], exc)
+            self.status = str(exc)[0].upper() + str(exc)[1:]
+            self._close()
+            return
+        except Exception as exc:  # a corrupted or foreign store: say so, keep serving
+            log.warning("cannot open trace %r: %s", name, exc)
+            self.status = f"Cannot open {name[:80]!r}: {exc}"
+            self._close()
+            return
+        self.ds = ds
+        with param.parameterized.batch_call_watchers(self):
+            self.status = ""
+            self.path, self.stamp = path, stamp
+            n_layer, n_seg = max(_data.n_layers(ds), 1), max(_data.n_segments(ds), 1)
+            self.param.layer.bounds = (0, n_layer - 1)
+            self.param.segment.bounds = (0, n_seg - 1)
+            self.param.sample.bounds = (0, max(int(ds.sizes.get("sample", 1)), 1) - 1)
+            self.layer = min(self.layer, n_layer - 1)
+            self.segment = min(self.segment, n_seg - 1)
+            self.x_range = None
+        for widget, n in ((self._layer, n_layer), (self._segment, n_seg)):
+            widget.param.update(start=0, end=n - 1)
+        for widget, n in ((self._layer_slider, n_layer), (self._segment_slider, n_seg)):
+            widget.param.update(start=0, end=max(n - 1, 1), disabled=n < 2)
+        if self._trace_select.value != name:
+            self._trace_select.value = name if name in self._trace_select.options.values() else ""
+        self._refresh_facts()
+        self.param.trigger("version")
+
+    def _close(self) -> None:
+        self.ds = None
+        if self._trace_select.value != "":
+            self._trace_select.value = ""
+        with param.parameterized.batch_call_watchers(self):
+            self.path, self.stamp = "", 0
+            if self.trace:
+                self.trace = ""
+        self._fact.options = {"(no trace)": NO_FACT}
+        self.param.trigger("version")
+
+    # ------------------------------------------------------------------ facts
+    def fact_options(self) -> dict[str, int]:
+        table = loaders.load_fact_table(self.path, self.stamp) if self.path else None
+        if table is None or table.empty:
+            return {"(no ledger)": NO_FACT}
+        probes = loaders.load_probes(self.path, self.stamp)
+        recalls = probes[probes["fact_id"] >= 0].groupby("fact_id").size() if len(probes) else None
+        order = table.index.to_numpy()
+        opts = {}
+        for fid in order:
+            row = table.loc[fid]
+            n_rec = int(recalls.get(fid, 0)) if recalls is not None else 0
+            label = f"{int(fid)}  ·  {int(row['writes'])} writes, {int(row['queries'])} queries, {n_rec} probed"
+            opts[label] = int(fid)
+        return opts
+
+    def _refresh_facts(self) -> None:
+        opts = self.fact_options()
+        self._fact.options = opts
+        values = list(opts.values())
+        if self.fact not in values:
+            if values == [NO_FACT]:
+                self.fact = NO_FACT
+            else:
+                probes = loaders.load_probes(self.path, self.stamp)
+                counts = probes[probes["fact_id"] >= 0]["fact_id"].value_counts()
+                self.fact = int(counts.index[0]) if len(counts) else int(values[0])
+        self._sync_fact_widget()
+
+    def _sync_fact_widget(self, *_) -> None:
+        if self.fact in self._fact.options.values() and self._fact.value != self.fact:
+            self._fact.value = self.fact
+
+    # ------------------------------------------------------------------ export
+    def _update_filename(self, *_) -> None:
+        stem = os.path.basename(self.trace.rstrip("/")).removesuffix(".zarr") or "selection"
+        self._export.filename = f"{stem}__seg{self.segment}__layer{self.layer}.zarr.zip"
+
+    def _export_selection(self):
+        if self.ds is None:
+            return None
+        tree = selection_subset(self.ds, segment=self.segment, layer=self.layer,
+                                fact=None if self.fact == NO_FACT else self.fact, x_range=self.x_range,
+                                sample=self.sample, trace_name=self.trace)
+        return export_zip(tree, name=self._export.filename.removesuffix(".zip"))
+
+    # ------------------------------------------------------------------ panel
+    @property
+    def n_segments(self) -> int:
+        return _data.n_segments(self.ds) if self.ds is not None else 0
+
+    def info(self) -> str:
+        """A short Markdown description of the open trace."""
+        if self.ds is None:
+            return "No trace open." if self.status else "No trace open: choose one above."
+        ds = self.ds
+        n_tok = int(np.asarray(ds["segment_length"].values).sum()) if "segment_length" in ds else None
+        lines = [f"**{self.trace}**",
+                 f"level `{_data.trace_level(ds)}` · {_data.n_segments(ds):,} segments"
+                 + (f" · {n_tok:,} tokens" if n_tok else "") + f" · {_data.n_layers(ds)} layers",
+                 f"{int(ds.sizes.get('probe', 0)):,} probes · {int(ds.sizes.get('event', 0)):,} ledger events"]
+        if not int(ds.attrs.get("complete", 1)):
+            lines.append("*recording in progress: showing the committed prefix*")
+        return "\n\n".join(lines)
+
+    def controls(self) -> pn.Column:
+        """The sidebar: the four labelled selection controls, export and status."""
+        info = pn.pane.Markdown(pn.bind(lambda *_: self.info(), self.param.version, self.param.status),
+                                sizing_mode="stretch_width", styles={"font-size": "0.85em", "color": "#3C4043"})
+        alert = pn.pane.Alert(self.param.status, alert_type="warning", visible=self.param.status.rx.bool(),
+                              sizing_mode="stretch_width")
+        return pn.Column(self._trace_select, pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
+                         pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
+                         self._stale,
+                         pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return self.controls()

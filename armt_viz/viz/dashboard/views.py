@@ -1,0 +1,240 @@
+"""One Panel ``Viewer`` per dashboard view, each drawing a shared plotly builder from ``TraceStore`` state.
+
+Views hold a ``store`` (``param.ClassSelector``), watch the store parameters they depend on, and replace their
+Plotly pane's figure; they implement only the figure and ``__panel__`` (Panel's DataStore/View split). A view
+that cannot draw (a summary-level trace, no ledger, a failing analysis) shows a message figure that says what is
+needed instead of failing. Data comes from the memoised loaders, so a figure carries only what it draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import panel as pn
+import param
+from panel.viewable import Viewer
+
+from .. import data as _data
+from ..figures import message_figure, segment_size
+from ..figures_facts import fact_lifecycle_figure, stale_answers_figure
+from ..figures_memory import assoc_figure, write_events_figure
+from .._spec import move_segment_line
+from ..figures_timeline import layer_comparison_figure, timeline_figure
+from . import loaders
+from .store import NO_FACT, TraceStore
+
+__all__ = ["TraceView", "TimelineView", "AssocView", "WritesView", "FactView", "StaleView", "LayersView", "VIEWS",
+           "PLOTLY_CONFIG"]
+
+log = logging.getLogger(__name__)
+
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
+                 "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines"],
+                 "toImageButtonOptions": {"format": "png", "scale": 2}}
+_RANGE_KEY = re.compile(r"^xaxis\d*\.range\[(0|1)\]$")
+
+
+def _inside_window(fig, segment: int) -> bool:
+    """False when the figure drew only a window of its events and ``segment`` left it (then it is rebuilt)."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    window = meta.get("segment_window")
+    return window is None or window[0] <= segment <= window[1]
+
+
+class TraceView(Viewer):
+    """Base view: a Plotly pane redrawn when any of ``watch`` (store parameters) changes."""
+
+    store = param.ClassSelector(class_=TraceStore, doc="The session's trace store and selection.")
+    watch: tuple[str, ...] = ("version",)
+    title = "view"
+    segment_moves_line = False  # True: a Segment change only moves the figure's rule (no rebuild)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        # link_figure: moving the Segment rule is sent as a plotly relayout message, not a new figure
+        self.pane = pn.pane.Plotly(None, config=PLOTLY_CONFIG, sizing_mode="stretch_width", link_figure=True)
+        self.store.param.watch(self._redraw, list(self.watch))
+        self._redraw()
+
+    def figure(self):
+        raise NotImplementedError
+
+    def _redraw(self, *events) -> None:
+        st = self.store
+        fig = self.pane.object
+        if (self.segment_moves_line and events and fig is not None and st.ds is not None
+                and all(getattr(e, "name", None) == "segment" for e in events)
+                and _inside_window(fig, st.segment) and move_segment_line(fig, st.segment)):
+            return
+        if st.ds is None:
+            fig = message_figure(self.title, "No trace open" + (" (see the message in the sidebar)."
+                                                                if st.status else ": choose one in the sidebar."))
+        else:
+            try:
+                fig = self.figure()
+            except Exception as exc:  # keep serving; say what broke
+                log.exception("%s failed", type(self).__name__)
+                fig = message_figure(self.title, f"Could not draw this view: {type(exc).__name__}: {exc}")
+        self.pane.height = int(fig.layout.height or 400)
+        self.pane.object = fig
+
+    def __panel__(self):
+        return pn.Column(self.pane, sizing_mode="stretch_width", css_classes=["armt-card"])
+
+
+class TimelineView(TraceView):
+    """The run timeline; zooming re-aggregates the visible range, clicking a segment selects it."""
+
+    segment_moves_line = True
+
+    watch = ("version", "layer", "segment", "fact", "x_range", "show_stale_mass", "sample")
+    title = "Run timeline"
+    n_pixels = param.Integer(default=900, bounds=(50, 4000), doc="Pixel columns (buckets) of the timeline.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.pane.param.watch(self._on_relayout, "relayout_data")
+        self.pane.param.watch(self._on_click, "click_data")
+
+    def figure(self):
+        st = self.store
+        series = {}
+        for name in _data.TIMELINE_VARS:
+            if name in st.ds:
+                layer = None if "layer" not in st.ds[name].dims else st.layer
+                series[name] = loaders.load_series(st.path, st.stamp, name, layer, st.sample)
+        probes = loaders.load_probes(st.path, st.stamp)
+        events = None
+        if st.fact != NO_FACT:
+            events = _data.fact_events(loaders.load_ledger(st.path, st.stamp), st.fact, st.sample)
+        stale, note = (None, None)
+        if st.show_stale_mass:
+            stale, note = loaders.load_stale_mass(st.path, st.stamp, st.layer, st.sample)
+        sub = f"layer {st.layer}" + (f" · {note}" if note else "")
+        if st.x_range is not None:
+            sub += f" · segments {st.x_range[0]:,.0f}–{st.x_range[1]:,.0f} (double-click to reset)"
+        return timeline_figure(series, x_range=st.x_range, n_pixels=self.n_pixels, segment=st.segment,
+                               probes=probes, fact_events=events, fact=None if st.fact == NO_FACT else st.fact,
+                               stale_mass=stale, subtitle=sub)
+
+    def _on_relayout(self, event) -> None:
+        data = event.new or {}
+        if any(k.endswith("autorange") and v for k, v in data.items()):
+            self.store.x_range = None
+            return
+        ends = {}
+        for key, value in data.items():
+            m = _RANGE_KEY.match(key)
+            if m:
+                ends[int(m.group(1))] = float(value)
+            elif re.match(r"^xaxis\d*\.range$", key) and isinstance(value, (list, tuple)) and len(value) == 2:
+                ends = {0: float(value[0]), 1: float(value[1])}
+        if len(ends) == 2:
+            lo, hi = sorted((ends[0] + 0.5, ends[1] - 0.5))
+            n = self.store.n_segments
+            lo, hi = max(lo, 0.0), min(hi, float(n - 1))
+            if hi - lo < 2:
+                return
+            new = (lo, hi)
+            if self.store.x_range is None or max(abs(a - b) for a, b in zip(new, self.store.x_range)) > 0.25:
+                self.store.x_range = new
+
+    def _on_click(self, event) -> None:
+        points = (event.new or {}).get("points") or []
+        if points and points[0].get("x") is not None:
+            seg = int(round(float(points[0]["x"])))
+            lo, hi = self.store.param.segment.bounds
+            self.store.segment = min(max(seg, lo), hi)
+
+
+class AssocView(TraceView):
+    watch = ("version", "layer", "segment", "sample")
+    title = "Association matrix"
+
+    def figure(self):
+        st = self.store
+        a, z, how = loaders.load_memory(st.path, st.stamp, st.segment, st.layer, st.sample)
+        if a is None:
+            return message_figure(f"Association matrix · segment {st.segment} · layer {st.layer}", how)
+        return assoc_figure(a, z, segment=st.segment, layer=st.layer, how=how)
+
+
+class WritesView(TraceView):
+    watch = ("version", "layer", "segment", "sample")
+    title = "Write events"
+
+    def figure(self):
+        st = self.store
+        writes, message = loaders.load_writes(st.path, st.stamp, st.segment, st.layer, st.sample)
+        if writes is None:
+            return message_figure(f"Write events · segment {st.segment} · layer {st.layer}", message)
+        return write_events_figure(writes, segment=st.segment, layer=st.layer)
+
+
+class FactView(TraceView):
+    segment_moves_line = True
+    watch = ("version", "fact", "layer", "segment", "sample")
+    title = "Fact lifecycle"
+    max_recalls = param.Integer(default=12, bounds=(1, 200), doc="Recalls of the fact to attribute.")
+
+    def figure(self):
+        st = self.store
+        ledger = loaders.load_ledger(st.path, st.stamp)
+        if ledger is None or st.fact == NO_FACT:
+            return message_figure("Fact lifecycle", "This trace has no task ledger: record a task stream "
+                                  "(armt_viz.tasks) to follow facts.")
+        probes = loaders.load_probes(st.path, st.stamp)
+        recalls = probes[probes["fact_id"] == st.fact]
+        key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls)
+        ready = loaders.attribution_async(key, self._attribution_ready(key))
+        if ready is None:
+            n = min(self.max_recalls, len(recalls))
+            attribution, message = None, f"Attributing {n} recalls of fact {st.fact} over all earlier writes…"
+        else:
+            attribution, message = ready
+        if message and "writes-level" in message:
+            message = "Attribution of recalls needs a writes-level trace (record with level='writes')."
+        return fact_lifecycle_figure(_data.fact_events(ledger, st.fact, st.sample), recalls, fact=st.fact,
+                                     n_segments=st.n_segments, attribution=attribution, message=message,
+                                     segment=st.segment, segment_size=segment_size(st.ds))
+
+
+    def _attribution_ready(self, key):
+        doc = pn.state.curdoc
+
+        def done():
+            st = self.store
+            if doc is not None and key == (st.path, st.stamp, st.fact, st.layer, self.max_recalls):
+                doc.add_next_tick_callback(self._redraw)
+        return done
+
+
+class StaleView(TraceView):
+    segment_moves_line = True
+    watch = ("version", "fact", "segment")
+    title = "Stale answers over time"
+
+    def figure(self):
+        st = self.store
+        probes = loaders.load_probes(st.path, st.stamp)
+        if probes.empty:
+            return message_figure(self.title, "This trace has no probes: record with probes at the queries.")
+        return stale_answers_figure(probes, n_segments=st.n_segments, segment=st.segment,
+                                    fact=None if st.fact == NO_FACT else st.fact)
+
+
+class LayersView(TraceView):
+    segment_moves_line = True
+    watch = ("version", "segment", "x_range", "sample")
+    title = "Layer comparison"
+    names = ("assoc_norm", "write_gate_mean", "correction_mean", "read_out_norm_mean")
+
+    def figure(self):
+        st = self.store
+        series = {n: loaders.load_layer_series(st.path, st.stamp, n, st.sample) for n in self.names if n in st.ds}
+        return layer_comparison_figure(series, x_range=st.x_range, segment=st.segment,
+                                       subtitle="every layer, same segment range as the timeline")
+
+
+VIEWS = (TimelineView, AssocView, WritesView, FactView, StaleView, LayersView)

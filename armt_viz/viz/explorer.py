@@ -1,0 +1,159 @@
+"""``explore(ds)``: an ipywidgets explorer of a trace for Jupyter, over the same figure builders as the dashboard.
+
+No Panel server: Layer and Segment sliders and a Fact dropdown drive plotly figures shown in ``ipywidgets.Output``
+areas (``go.FigureWidget`` would need ``anywidget``, which is not a dependency). Loaded data (series, ledger,
+probe outcomes) is cached per explorer, so moving a slider only re-reads the selected segment.
+
+Example:
+    >>> import armt_viz as av                                   # doctest: +SKIP
+    >>> ds = av.open_trace("runs/demo.zarr")
+    >>> av.explore(ds)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import xarray as xr
+
+from . import data as _data
+from .figures import LAYER_COMPARISON_VARS, message_figure, segment_size
+from .figures_facts import fact_lifecycle_figure, stale_answers_figure
+from .figures_memory import assoc_figure, write_events_figure
+from .figures_timeline import layer_comparison_figure, timeline_figure
+
+__all__ = ["explore", "Explorer"]
+
+NO_FACT = -1
+
+
+class Explorer:
+    """The explorer's state and widgets; ``explore(ds)`` returns ``Explorer(ds).widget``.
+
+    Args:
+        ds: a trace Dataset (lazy or in memory).
+        layer, segment, fact: the initial selection (fact: default the most probed one).
+        sample: the sample (batch row) shown.
+    """
+
+    def __init__(self, ds: xr.Dataset, *, layer: int = 0, segment: int = 0, fact: int | None = None,
+                 sample: int = 0) -> None:
+        import ipywidgets as w
+
+        self.ds, self.sample = ds, sample
+        n_layer, n_seg = max(_data.n_layers(ds), 1), max(_data.n_segments(ds), 1)
+        self._series = lru_cache(maxsize=None)(self._load_series)
+        self._layer_series = lru_cache(maxsize=None)(lambda name: _data.layer_series(ds, name, sample))
+        self.ledger = _data.ledger_frame(ds)
+        self.probes = _data.probe_frame(ds, self.ledger)
+        self._attribution = lru_cache(maxsize=64)(self._load_attribution)
+        facts = _data.fact_table(self.ledger)
+        options: list[tuple[str, int]] = [(f"{int(f)} · {int(r['writes'])} writes, {int(r['queries'])} queries", int(f))
+                                          for f, r in facts.iterrows()] or [("(no ledger)", NO_FACT)]
+        if fact is None:
+            linked = self.probes[self.probes["fact_id"] >= 0]["fact_id"].value_counts()
+            fact = int(linked.index[0]) if len(linked) else options[0][1]
+        style = {"description_width": "64px"}
+        self.layer = w.IntSlider(value=min(layer, n_layer - 1), min=0, max=n_layer - 1, description="Layer",
+                                 style=style, continuous_update=False, layout=w.Layout(width="320px"))
+        self.segment = w.IntSlider(value=min(segment, n_seg - 1), min=0, max=n_seg - 1, description="Segment",
+                                   style=style, continuous_update=False, layout=w.Layout(width="520px"))
+        self.fact = w.Dropdown(options=options, value=fact if fact in dict(options).values() else options[0][1],
+                               description="Fact", style=style, layout=w.Layout(width="420px"))
+        self.out = {name: w.Output() for name in ("timeline", "assoc", "writes", "fact", "stale", "layers")}
+        tabs = w.Tab(children=[
+            self.out["timeline"],
+            w.HBox([self.out["assoc"], self.out["writes"]]),
+            w.HBox([self.out["fact"], self.out["stale"]]),
+            self.out["layers"],
+        ])
+        for i, title in enumerate(("Timeline", "Memory at segment", "Facts", "Layers")):
+            tabs.set_title(i, title)
+        self.layer.observe(lambda _: self.redraw("timeline", "assoc", "writes", "fact"), "value")
+        self.segment.observe(lambda _: self.redraw(*self.out), "value")
+        self.fact.observe(lambda _: self.redraw("timeline", "fact", "stale"), "value")
+        self.widget = w.VBox([w.HBox([self.layer, self.fact]), self.segment, tabs])
+        self.redraw(*self.out)
+
+    # ------------------------------------------------------------------ data
+    def _load_series(self, name: str, layer: int | None):
+        return _data.series(self.ds, name, layer, self.sample)
+
+    def _load_attribution(self, fact: int, layer: int):
+        recalls = self.probes[self.probes["fact_id"] == fact]
+        return _data.recall_attribution(self.ds, recalls, layer)
+
+    # ------------------------------------------------------------------ figures
+    def figure(self, name: str):
+        """The figure of one view for the current selection (a ``go.Figure``)."""
+        ds, layer, segment, fact = self.ds, self.layer.value, self.segment.value, self.fact.value
+        fact_or_none = None if fact == NO_FACT else fact
+        if name == "timeline":
+            series = {n: self._series(n, None if "layer" not in ds[n].dims else layer)
+                      for n in _data.TIMELINE_VARS if n in ds}
+            events = _data.fact_events(self.ledger, fact, self.sample) if fact_or_none is not None else None
+            return timeline_figure(series, segment=segment, probes=self.probes, fact_events=events,
+                                   fact=fact_or_none, subtitle=f"layer {layer}")
+        if name == "assoc":
+            try:
+                a, z, how = _data.memory_matrix(ds, segment, layer, self.sample)
+            except _data.MemoryUnavailable as exc:
+                return message_figure(f"Association matrix · segment {segment} · layer {layer}", str(exc))
+            return assoc_figure(a, z, segment=segment, layer=layer, how=how)
+        if name == "writes":
+            try:
+                writes = _data.segment_writes(ds, segment, layer, self.sample)
+            except _data.MemoryUnavailable as exc:
+                return message_figure(f"Write events · segment {segment} · layer {layer}", str(exc))
+            return write_events_figure(writes, segment=segment, layer=layer)
+        if name == "fact":
+            if self.ledger is None or fact_or_none is None:
+                return message_figure("Fact lifecycle", "This trace has no task ledger.")
+            attribution, message = self._attribution(fact, layer)
+            return fact_lifecycle_figure(_data.fact_events(self.ledger, fact, self.sample),
+                                         self.probes[self.probes["fact_id"] == fact], fact=fact,
+                                         n_segments=_data.n_segments(ds), attribution=attribution, message=message,
+                                         segment=segment, segment_size=segment_size(ds))
+        if name == "stale":
+            if self.probes.empty:
+                return message_figure("Stale answers over time", "This trace has no probes.")
+            return stale_answers_figure(self.probes, n_segments=_data.n_segments(ds), segment=segment,
+                                        fact=fact_or_none)
+        if name == "layers":
+            series = {n: self._layer_series(n) for n in LAYER_COMPARISON_VARS if n in ds}
+            return layer_comparison_figure(series, segment=segment)
+        raise KeyError(f"unknown view {name!r}; expected one of {sorted(self.out)}")
+
+    def redraw(self, *names: str) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is None:  # not in a kernel: nothing would show; figure() stays available
+            return
+        for name in names:
+            out = self.out[name]
+            fig = self.figure(name)
+            if name in ("assoc", "writes", "fact", "stale"):
+                fig.update_layout(width=620)
+            out.clear_output(wait=True)
+            with out:
+                display(fig)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def explore(ds: xr.Dataset, **selection: Any):
+    """An ipywidgets explorer of ``ds``: Layer/Segment sliders, a Fact dropdown and the dashboard's figures.
+
+    Args:
+        ds: a trace (``armt_viz.open_trace`` or ``armt_viz.record``).
+        **selection: initial ``layer``, ``segment``, ``fact``, ``sample``.
+
+    Returns:
+        The explorer's ``ipywidgets.VBox`` (displayed when it is the cell's last expression).
+    """
+    return Explorer(ds, **selection).widget

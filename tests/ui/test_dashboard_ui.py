@@ -1,0 +1,156 @@
+"""The served dashboard in headless chromium: offline, labelled controls, live updates, confinement, login.
+
+Screenshots go to test-artifacts/: dashboard.png (timeline and the memory tab), dashboard_fact.png (Facts tab
+after choosing a fact), dashboard_layers.png, refused.png, login.png. Look at them after UI changes.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("playwright")
+
+from _browser import new_page  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+
+pytestmark = pytest.mark.ui
+
+
+def _titles(page) -> list[str]:
+    return page.locator(".gtitle").all_text_contents()
+
+
+@pytest.fixture(scope="module")
+def loaded(server, browser):
+    """One page on the default trace, shared by the read-only and interaction checks below."""
+    page, rec = new_page(browser, height=1900)
+    page.goto(server + "/")
+    expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=60_000)
+    expect(page.locator(".gtitle", has_text="Association matrix · segment 0")).to_have_count(1)
+    yield page, rec
+    page.context.close()
+
+
+def test_page_is_offline_and_clean(loaded, artifacts_dir):
+    page, rec = loaded
+    assert page.locator(".js-plotly-plot").count() >= 2
+    page.screenshot(path=str(artifacts_dir / "dashboard.png"))
+    assert rec.external == [], f"requests leaving the machine: {rec.external}"
+    assert rec.errors == [], f"console errors: {rec.errors}"
+    assert any(u.endswith(".js") or ".js?" in u for u in rec.requests)  # scripts came from the app itself
+
+
+def test_four_labelled_controls(loaded):
+    page, _ = loaded
+    for label in ("Trace", "Layer", "Segment", "Fact"):
+        expect(page.get_by_label(label, exact=True)).to_be_visible()
+        expect(page.get_by_text(label, exact=True)).to_be_visible()
+
+
+def test_moving_segment_changes_the_figures(loaded):
+    page, rec = loaded
+    segment = page.get_by_label("Segment", exact=True)
+    segment.fill("7")
+    segment.press("Enter")
+    expect(page.locator(".gtitle", has_text="Association matrix · segment 7")).to_have_count(1)
+    expect(page.locator(".gtitle", has_text="Write events · segment 7")).to_have_count(1)
+    # the slider next to the box moves the same selection
+    handle = page.locator(".noUi-handle").nth(1)
+    handle.focus()
+    handle.press("ArrowRight")
+    expect(page.locator(".gtitle", has_text="Association matrix · segment 8")).to_have_count(1)
+    assert rec.errors == []
+
+
+def test_zooming_the_timeline_requeries_the_visible_range(loaded):
+    page, rec = loaded
+    timeline = page.locator(".js-plotly-plot").first
+    timeline.evaluate("gd => window.Plotly.relayout(gd, {'xaxis7.range': [10, 20]})")
+    expect(page.get_by_text("segments 10–20")).to_have_count(1)  # subtitle of the re-aggregated figure
+    timeline.evaluate("gd => window.Plotly.relayout(gd, {'xaxis7.autorange': true})")
+    expect(page.get_by_text("segments 10–20")).to_have_count(0)
+    assert rec.errors == []
+
+
+def test_choosing_a_fact_updates_its_lifecycle(loaded, artifacts_dir):
+    page, rec = loaded
+    page.get_by_text("Facts", exact=True).click()
+    expect(page.locator(".gtitle", has_text="lifecycle")).to_have_count(1)
+    fact = page.get_by_label("Fact", exact=True)
+    before = next(t for t in _titles(page) if t.endswith("lifecycle"))
+    options = fact.locator("option").all_text_contents()
+    target = next(o for o in options if not before.startswith(f"Fact {o.split()[0]} "))
+    fact.select_option(label=target)
+    expected = f"Fact {target.split()[0]} · lifecycle"
+    expect(page.locator(".gtitle", has_text=expected)).to_have_count(1)
+    expect(page.locator(".gtitle", has_text="Stale answers over time")).to_have_count(1)
+    page.screenshot(path=str(artifacts_dir / "dashboard_fact.png"))
+    page.get_by_text("Layers", exact=True).click()
+    expect(page.locator(".gtitle", has_text="Layer comparison")).to_have_count(1)
+    page.screenshot(path=str(artifacts_dir / "dashboard_layers.png"))
+    assert rec.errors == []
+
+
+def test_traversal_is_refused(server, browser, artifacts_dir):
+    page, rec = new_page(browser)
+    try:
+        page.goto(server + "/")
+        trace = page.get_by_label("Trace", exact=True)
+        expect(trace).to_be_visible(timeout=60_000)
+        offered = trace.locator("option").all_text_contents()
+        assert offered == ["— no trace —", "alias.zarr", "nested/run_summary.zarr", "run_writes.zarr"]
+        assert not [o for o in offered if re.search(r"secret|link_out|linked_dir|\.\.", o)], offered
+        for crafted in ("../outside/secret.zarr", "link_out.zarr", "linked_dir/secret.zarr"):
+            page.goto(f"{server}/?trace={crafted}")
+            expect(page.get_by_text("Refused", exact=False).first).to_be_visible(timeout=60_000)
+            assert not [t for t in _titles(page) if "secret" in t]
+            expect(page.locator(".gtitle", has_text="Association matrix ·")).to_have_count(0)
+        page.screenshot(path=str(artifacts_dir / "refused.png"))
+        assert rec.external == []
+    finally:
+        page.context.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_login_is_enforced(auth_server, browser, artifacts_dir):
+    # Given a server with basic auth, When the page is fetched without credentials, Then it redirects to login
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        opener.open(auth_server + "/", timeout=10)
+    assert info.value.code in (302, 401, 403)
+    assert info.value.code != 302 or "/login" in info.value.headers["Location"]
+    page, rec = new_page(browser)
+    try:
+        page.goto(auth_server + "/")
+        expect(page.get_by_label("Password")).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / "login.png"))
+        page.get_by_label("User name").fill("ana")
+        page.get_by_label("Password").fill("wrong")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Invalid username or password")).to_be_visible()
+        page.get_by_label("User name").fill("ana")
+        page.get_by_label("Password").fill("wonderland")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_label("Trace", exact=True)).to_be_visible()
+        assert rec.external == [], rec.external
+        assert not [e for e in rec.errors if "favicon" not in e], rec.errors
+    finally:
+        page.context.close()
+
+
+def test_oversized_request_is_refused(auth_server):
+    body = b"username=ana&password=" + b"x" * 200_000
+    request = urllib.request.Request(auth_server + "/login", data=body, method="POST")
+    with pytest.raises((urllib.error.HTTPError, urllib.error.URLError, ConnectionError)) as info:
+        urllib.request.urlopen(request, timeout=10)
+    if isinstance(info.value, urllib.error.HTTPError):
+        assert info.value.code in (400, 413)

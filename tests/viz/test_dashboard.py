@@ -1,0 +1,155 @@
+"""Panel components without a browser (armt_viz/viz/dashboard): store, views, confinement, sessions, export."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import zipfile
+
+import pytest
+
+pn = pytest.importorskip("panel")
+
+from armt_viz.viz.dashboard import build_app  # noqa: E402
+from armt_viz.viz.dashboard.store import NO_FACT, TraceStore  # noqa: E402
+
+
+def _title(view) -> str:
+    return view.pane.object.layout.title.text
+
+
+@pytest.fixture(scope="module")
+def app(trace_root):
+    return build_app(str(trace_root["root"]), trace="run_writes.zarr", sync_url=False)
+
+
+def test_controls_carry_the_four_labels(app):
+    names = [w.name for w in app.store.controls().select(pn.widgets.Widget)]
+    for label in ("Trace", "Layer", "Segment", "Fact"):
+        assert label in names
+
+
+def test_store_opens_the_trace_and_sets_bounds(app):
+    st = app.store
+    assert st.ds is not None and st.status == ""
+    assert st.param.segment.bounds == (0, 47) and st.param.layer.bounds == (0, 1)
+    assert st.fact != NO_FACT  # the most probed fact is selected
+    offered = [v for v in st._trace_select.options.values() if v]
+    assert offered == ["alias.zarr", "nested/run_summary.zarr", "run_writes.zarr"]
+
+
+def test_segment_and_fact_update_their_views(app):
+    # Given the app on segment 0
+    st, views = app.store, app.views
+    st.segment = 0
+    # When the segment moves, Then the memory views follow
+    st.segment = 17
+    assert "segment 17" in _title(views["assoc"]) and "segment 17" in _title(views["writes"])
+    # When another fact is chosen, Then the lifecycle view shows it
+    other = next(v for v in st._fact.options.values() if v != st.fact)
+    st._fact.value = other
+    assert st.fact == other and _title(views["fact"]) == f"Fact {other} · lifecycle"
+
+
+def test_timeline_zoom_and_click(app):
+    st, tl = app.store, app.views["timeline"]
+    tl.pane.relayout_data = {"xaxis3.range[0]": 9.5, "xaxis3.range[1]": 30.5}
+    assert st.x_range == pytest.approx((10.0, 30.0))
+    assert list(app.views["layers"].pane.object.layout.xaxis.range) == [9.5, 30.5]
+    tl.pane.relayout_data = {"xaxis.autorange": True}
+    assert st.x_range is None
+    tl.pane.click_data = {"points": [{"x": 12.2, "y": 1.0}]}
+    assert st.segment == 12
+
+
+@pytest.mark.parametrize("name", ["../outside/secret.zarr", "link_out.zarr", "linked_dir/secret.zarr", "/etc"])
+def test_crafted_trace_names_are_refused(trace_root, name):
+    st = TraceStore(trace_root=str(trace_root["root"]), trace="run_writes.zarr")
+    st.trace = name
+    assert st.ds is None and st.path == "" and st.status.startswith("Refused")
+    assert st._trace_select.value == ""
+    assert str(trace_root["outside"]) not in st.status
+
+
+def test_sessions_do_not_share_selection(trace_root):
+    a = build_app(str(trace_root["root"]), trace="run_writes.zarr", sync_url=False)
+    b = build_app(str(trace_root["root"]), trace="run_writes.zarr", sync_url=False)
+    a.store.segment = 30
+    assert b.store.segment == 0 and "segment 0" in _title(b.views["assoc"])
+    assert a.store._segment is not b.store._segment  # widgets are made per instance
+
+
+def test_summary_trace_degrades_with_messages(trace_root):
+    app = build_app(str(trace_root["root"]), trace="nested/run_summary.zarr", sync_url=False)
+    fig = app.views["assoc"].pane.object
+    assert "writes-level trace" in fig.layout.annotations[0].text
+    fact = app.views["fact"].pane.object
+    assert any("writes-level" in (a.text or "") for a in fact.layout.annotations)
+
+
+def test_broken_store_is_reported_not_raised(tmp_path):
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{not json")
+    st = TraceStore(trace_root=str(tmp_path))
+    assert st.ds is None and st.status.startswith("Cannot open")
+
+
+def test_export_is_a_zipped_zarr_subset(app, tmp_path):
+    import xarray as xr
+
+    st = app.store
+    st.segment, st.layer = 9, 1
+    buf = st._export_selection()
+    assert st._export.filename == "run_writes__seg9__layer1.zarr.zip"
+    with zipfile.ZipFile(buf) as zf:
+        zf.extractall(tmp_path)
+    tree = xr.open_datatree(tmp_path / "run_writes__seg9__layer1.zarr", engine="zarr", consolidated=False)
+    assert set(tree.children) == {"timeline", "segment", "fact"}
+    seg = tree["segment"].ds
+    assert seg["assoc_matrix"].shape[:3] == (1, 1, 1) and int(seg["segment"].item()) == 9
+    assert "write_gate" in seg and tree["timeline"].ds.sizes["segment"] == 48
+
+
+def test_dashboard_module_imports_without_side_effects(trace_root, monkeypatch, repo_root):
+    spec = importlib.util.spec_from_file_location("apps_dashboard", repo_root / "apps" / "dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not pn.state.served and not pn.state._servers
+    monkeypatch.setenv("ARMT_VIZ_TRACE_ROOT", str(trace_root["root"]))
+    assert module.trace_root() == str(trace_root["root"])
+    assert module.create_app().store.trace_root == str(trace_root["root"])
+
+
+def test_parse_basic_auth(tmp_path):
+    from armt_viz.viz.serve import parse_basic_auth
+
+    assert parse_basic_auth(None) is None
+    assert parse_basic_auth("ana:s3cret:x") == {"ana": "s3cret:x"}
+    users = tmp_path / "users.json"
+    users.write_text('{"ana": "a", "bo": "b"}')
+    assert parse_basic_auth(str(users)) == {"ana": "a", "bo": "b"}
+    for bad in ("nopassword", ":x", "x:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_basic_auth(bad)
+    users.write_text('["ana"]')
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_basic_auth(str(users))
+
+
+def test_serve_refuses_a_missing_root(tmp_path):
+    from armt_viz.viz.serve import run_serve
+
+    with pytest.raises(FileNotFoundError, match="trace-root"):
+        run_serve(str(tmp_path / "nope"), port=0)
+    assert os.path.isdir(tmp_path)
+
+
+def test_stale_mass_row_on_demand(app):
+    st, tl = app.store, app.views["timeline"]
+    st.show_stale_mass = True
+    try:
+        titles = [a.text for a in tl.pane.object.layout.annotations if (a.name or "").startswith("row_title")]
+        assert any(t.startswith("superseded fraction of the association matrix") for t in titles)
+    finally:
+        st.show_stale_mass = False

@@ -1,0 +1,30 @@
+"""The ipywidgets explorer (armt_viz/viz/explorer.py) over the shared figure builders."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from armt_viz.viz.explorer import Explorer, explore  # noqa: E402
+
+
+def test_explorer_controls_and_views(trace_writes):
+    ex = Explorer(trace_writes)
+    assert [ex.layer.description, ex.segment.description, ex.fact.description] == ["Layer", "Segment", "Fact"]
+    assert ex.segment.max == 47 and ex.layer.max == 1
+    ex.segment.value, ex.layer.value = 12, 1
+    assert ex.figure("assoc").layout.title.text == "Association matrix · segment 12 · layer 1"
+    assert ex.figure("writes").layout.title.text == "Write events · segment 12 · layer 1"
+    fact = ex.fact.options[1][1]
+    ex.fact.value = fact
+    assert ex.figure("fact").layout.title.text == f"Fact {fact} · lifecycle"
+    for name in ("timeline", "stale", "layers"):
+        assert ex.figure(name).data
+
+
+def test_explore_returns_a_widget(trace_summary):
+    import ipywidgets as w
+
+    box = explore(trace_summary, segment=3)
+    assert isinstance(box, w.VBox)
