@@ -194,6 +194,10 @@ class _Recording:
         self.H = model.config.n_heads
         self.sdtype = _NP_DTYPES[rc.storage_dtype]
         self.probes = self._parse_probes(probes)
+        self._probe_buf: list = []
+        self._probe_index: dict[int, list] = {}
+        for i, (smp, tok) in enumerate(self.probes):
+            self._probe_index.setdefault(tok // self.S, []).append((i, smp, tok % self.S))
         self.vars = variables_for(rc.level, probes=bool(self.probes))
         attrs = _provenance(model, rc, inp, seed, description)
         self.writer = TraceWriter(path, attrs=attrs, chunk_segments=rc.chunk_segments, resume=resume)
@@ -373,28 +377,38 @@ class _Recording:
                  else "the weights are finite, so the activations overflowed (check the input and the weight scale)")
         raise FloatingPointError(
             f"record: NaN/Inf at segment {seg}, {where}. Expected finite activations and memory; cause: {cause}. "
-            f"The store {str(self.path)!r} keeps the {self.writer._committed} segments committed before it. "
-            "Fix the model (or pass check_finite=False to record the non-finite values anyway)")
+            + (f"The store {str(self.path)!r} keeps the {self.writer._committed} segments committed before it. "
+               if self.writer._committed else f"Nothing was committed, so no store was created at {str(self.path)!r}. ")
+            + "Fix the model (or pass check_finite=False to record the non-finite values anyway)")
 
     def _probe_rows(self, out, d, seg, L):
-        if not self.probes:
+        """Gather this segment's probe reads into a buffer (written in bulk at the next commit)."""
+        hits = self._probe_index.get(seg) if self.probes else None
+        if not hits:
             return
         model = self.model
-        hits = [(i, s, t - seg * self.S) for i, (s, t) in enumerate(self.probes) if seg * self.S <= t < seg * self.S + L]
-        for i, s, pos in hits:
-            q = np.zeros((model.n_layers, 2 * model.config.nu * model.config.d_mem), np.float32)
-            r = np.zeros((model.n_layers, model.d_model), np.float32)
-            den = np.full((model.n_layers, self.H), model.config.eps, np.float32)
-            for l in range(model.n_layers):
-                if ("hook_read_query", l) in d:
-                    q[l] = d[("hook_read_query", l)][s, pos].float().reshape(-1).cpu().numpy()
-                    r[l] = d[("hook_read_out", l)][s, pos].float().cpu().numpy()
-                    den[l] = d[("hook_read_denominator", l)][s, pos].float().cpu().numpy()
-            w = self.writer
-            w.write_static("read_query", ("probe", "layer", "key_feature"), q, index=i)
-            w.write_static("read_out", ("probe", "layer", "hidden"), r, index=i)
-            w.write_static("read_denominator", ("probe", "layer", "head"), den, index=i)
-            w.write_static("probe_prediction", ("probe",), np.int32(out.logits[s, pos].argmax().item()), index=i)
+        idx = torch.tensor([h[1] for h in hits])
+        pos = torch.tensor([h[2] for h in hits])
+        P, nl = len(hits), model.n_layers
+        q = np.zeros((P, nl, 2 * model.config.nu * model.config.d_mem), np.float32)
+        r = np.zeros((P, nl, model.d_model), np.float32)
+        den = np.full((P, nl, self.H), model.config.eps, np.float32)
+        for l in range(nl):
+            if ("hook_read_query", l) in d:
+                q[:, l] = d[("hook_read_query", l)][idx, pos].float().reshape(P, -1).cpu().numpy()
+                r[:, l] = d[("hook_read_out", l)][idx, pos].float().cpu().numpy()
+                den[:, l] = d[("hook_read_denominator", l)][idx, pos].float().cpu().numpy()
+        pred = out.logits[idx.to(out.logits.device), pos.to(out.logits.device)].argmax(-1).cpu().numpy().astype(np.int32)
+        self._probe_buf.append(([h[0] for h in hits], q, r, den, pred))
+
+    def _write_probe_buffer(self) -> None:
+        if not getattr(self, "_probe_buf", None):
+            return
+        ids = np.concatenate([np.asarray(b[0]) for b in self._probe_buf])
+        g = self.writer.group
+        for k, name in enumerate(("read_query", "read_out", "read_denominator", "probe_prediction"), start=1):
+            g[name].oindex[ids] = np.concatenate([b[k] for b in self._probe_buf])
+        self._probe_buf = []
 
     def _keyframe_row(self, state: MemoryState, seg: int) -> dict:
         B = state.assoc[0].shape[0]
@@ -441,6 +455,7 @@ class _Recording:
                 ax = spec.dims.index("keyframe")
                 data[name] = (spec.dims, np.stack([np.asarray(r[name]) for r in kf_rows], axis=ax))
             w.append("keyframe", data)
+        self._write_probe_buffer()
         w.commit(_state_to_npz(state))
 
     def _write_static(self):

@@ -218,7 +218,9 @@ class TraceWriter:
             if d == "segment":
                 chunks.append(self.chunk_segments)
             elif d == "keyframe":
-                chunks.append(1)
+                chunks.append(1 if len(dims) > 1 else 4096)  # 1-D coordinates: one chunk, cheap to read
+            elif d in ("probe", "event"):
+                chunks.append(max(1, min(int(s), 8192)))
             else:
                 chunks.append(max(int(s), 1))
         attrs = {"long_name": var.long_name, "units": var.units} if var else {}
