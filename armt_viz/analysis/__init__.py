@@ -1,0 +1,45 @@
+"""Analysis of ARMT traces: exact read attribution, fact lineage, stale keys, interference, capacity.
+
+Pure functions of an `xarray.Dataset` trace (DESIGN.md §4, §7) that return named DataArrays with `long_name`
+and `units`; they never import torch, and they run lazily on dask-backed traces (a LocalCluster or a remote
+scheduler through `armt_viz.distributed.cluster`). Importing this package also registers the `ds.armt`
+accessor, which forwards to the same functions.
+
+    attribute_read(ds, probe, layer)   exact shares of a read over past writes; .sum() == |read_out|
+    probe_read(ds, probe, layer)       the recorded read (q, D, r) of one probe
+    recall_shares / stale_share        current / stale / other fractions of each recall (ledger)
+    stale_mass                         |sum_superseded phi (x) u|_F / |A|_F over time, per layer (ledger)
+    answer_status                      current / stale / other / wrong answers (probes or probe_keys output)
+    fact_lineage                       versions, supersessions, recalls and their attribution of a fact
+    key_overlap, retrieval_snr         interference between write keys; recall signal-to-noise
+    correction_distribution            histogram of gamma
+    memory_spectrum, effective_rank    singular values and effective rank of A
+    capacity                           n * EM(n), the paper's capacity estimate
+"""
+
+from __future__ import annotations
+
+from . import accessor as _accessor  # noqa: F401  (registers ds.armt)
+from .answers import ANSWER_CLASSES, answer_status
+from .attribution import attribute_read, probe_read
+from .capacity import capacity, effective_rank, memory_spectrum
+from .interference import correction_distribution, key_overlap, retrieval_snr
+from .lineage import fact_lineage
+from .staleness import recall_shares, stale_mass, stale_share
+
+__all__ = [
+    "ANSWER_CLASSES",
+    "answer_status",
+    "attribute_read",
+    "capacity",
+    "correction_distribution",
+    "effective_rank",
+    "fact_lineage",
+    "key_overlap",
+    "memory_spectrum",
+    "probe_read",
+    "recall_shares",
+    "retrieval_snr",
+    "stale_mass",
+    "stale_share",
+]
