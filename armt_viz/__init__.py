@@ -43,6 +43,12 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
+try:  # register the `ds.armt` accessor (xarray only, no torch)
+    from .analysis import accessor as _accessor  # noqa: F401
+except ImportError:  # pragma: no cover - xarray missing
+    pass
+
+
 def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:

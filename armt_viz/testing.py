@@ -5,8 +5,8 @@ from __future__ import annotations
 __all__ = ["tiny_model"]
 
 
-def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, **armt_kw):
-    """A tiny ARMT (2 layers, d 64, vocab 32) with EVERY weight random (W_mv included, so memory matters).
+def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
+    """A tiny ARMT (2 layers, d 64, vocab 32 by default; 128 fits the task vocabularies) with EVERY weight random (W_mv included, so memory matters).
 
     family: "gpt2", "gpt_neox" or "llama". armt_kw go to ARMTConfig (defaults M=4, d_mem=16, S=16).
     """
@@ -16,7 +16,7 @@ def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, **armt_kw)
     from .model.armt import ARMTModel
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=32, bos_token_id=0, eos_token_id=1)
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1)
     if family == "gpt2":
         cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=64, **common)
     elif family == "gpt_neox":

@@ -62,7 +62,7 @@ def _device_stats(rec, cap_data: dict, out, stepper: GraphedStepper, first: bool
     return stats
 
 
-def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar) -> tuple[MemoryState | None, int, list, list]:
+def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_rows=()) -> tuple:
     """Record full segments through the graph; returns (state, next segment index, pending rows, pending
     keyframe rows). A trailing partial segment is returned unprocessed to the caller (as leftover ids)."""
     from .recorder import _Capture
@@ -76,7 +76,7 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar) -> 
     stepper = None
     pinned: dict[str, torch.Tensor] = {}
     host_tokens: list[np.ndarray] = []
-    rows, kf_rows = [], []
+    rows, kf_rows = [], list(kf_rows)
     buf = None
     leftover = None
     for chunk in chunks:

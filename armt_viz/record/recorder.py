@@ -148,6 +148,12 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
                       chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
+    if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
+            and int(inp.ledger.attrs["segment_size"]) != model.config.segment_size:
+        raise ValueError(
+            f"record: the ledger was made for segment_size={inp.ledger.attrs['segment_size']} but the model cuts "
+            f"segments of {model.config.segment_size} tokens, so the ledger's segments would not line up with the "
+            "trace; generate the task with segment_size=model.config.segment_size")
     tmp = None
     if store is None:
         tmp = tempfile.mkdtemp(prefix="armt_trace_")
@@ -233,18 +239,22 @@ class _Recording:
         first_chunk = self.start_segment == 0
         if first_chunk:
             self._write_static()
+        pending_kf = []
+        if first_chunk and state is not None:
+            # a replay starts from restored memory: keep it as keyframe "-1" so memory_at stays exact
+            pending_kf.append(self._keyframe_row(state, -1))
         cap = _Capture(self.rank)
         total = None if self.inp.total_tokens is None else math.ceil(self.inp.total_tokens / self.S)
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=self.start_segment, unit="seg", desc="record", disable=not self.progress,
                    mininterval=0.5)
         rows: list[dict] = []
-        kf_rows: list[dict] = []
+        kf_rows: list[dict] = pending_kf
         seg_index = self.start_segment
         try:
             with model.hooks(cap.hooks(model)), torch.no_grad():
                 if self.fast and graph_record_eligible(model, self):
-                    state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar)
+                    state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar, kf_rows)
                     chunks = [leftover] if leftover is not None else []
                 gen = model.stream(_offset_state(chunks), state)
                 for out in gen:

@@ -86,7 +86,14 @@ def open_traces(paths, *, dim: str = "run") -> xr.Dataset:
     dss = [open_trace(p) for p in paths]
     keep = [k for k in dss[0].data_vars if all(k in d for d in dss)]
     dss = [d[keep] for d in dss]
-    out = xr.concat(dss, dim=dim, join="outer", combine_attrs="drop_conflicts", coords="minimal", compat="override")
+    # give index-less dims an integer index so runs of different lengths (ledger events, probes) outer-join
+    dss = [d.assign_coords({k: np.arange(d.sizes[k]) for k in d.dims if k not in d.indexes}) for d in dss]
+    fill = {}
+    for k, v in {**dss[0].data_vars, **dss[0].coords}.items():
+        kind = np.dtype(v.dtype).kind
+        fill[k] = "" if kind in "UOT" else (-1 if kind in "iu" else (False if kind == "b" else np.nan))
+    out = xr.concat(dss, dim=dim, join="outer", combine_attrs="drop_conflicts", coords="different",
+                    compat="equals", data_vars="all", fill_value=fill)
     return out.assign_coords({dim: [str(p) for p in paths]})
 
 
