@@ -56,8 +56,10 @@ chromium:
 	fi
 
 # pytest's exit code goes through unchanged (5 = no tests collected is a failure).
+# One BLAS/OpenMP thread per test worker: the models are tiny, and two workers with two threads each
+# on a 2-core machine made them 5-10x slower through contention.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: setup
 	$(VENV)/bin/armt-viz demo
