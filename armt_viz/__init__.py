@@ -53,7 +53,9 @@ def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'armt_viz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
+    module = importlib.import_module(mod)
+    # `record` is served as the (callable) subpackage itself, so `armt_viz.record.record` keeps working
+    value = module if name == "record" else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -417,20 +417,24 @@ class ARMTModel(nn.Module):
         S = self.config.segment_size
         buf: Tensor | None = None
         seg_index = state.segments if state is not None else 0
-        ctx = contextlib.nullcontext() if grad else torch.no_grad()
-        with ctx:
-            for chunk in chunks:
-                c = self._check_ids(torch.as_tensor(chunk, device=self.memory.device))
-                if buf is not None and c.shape[0] != buf.shape[0]:
-                    raise ValueError(f"stream: a chunk has batch {c.shape[0]}, the earlier chunks {buf.shape[0]}; "
-                                     "every chunk must hold the same samples ([batch, n] with one batch size)")
-                buf = c if buf is None else torch.cat([buf, c], dim=1)
-                while buf.shape[1] >= S:
+        # grad mode is switched per step, never across a yield: a suspended generator must not leave the
+        # caller's code (or an abandoned loop) running under no_grad
+        grad_mode = contextlib.nullcontext if grad else torch.no_grad
+        for chunk in chunks:
+            c = self._check_ids(torch.as_tensor(chunk, device=self.memory.device))
+            if buf is not None and c.shape[0] != buf.shape[0]:
+                raise ValueError(f"stream: a chunk has batch {c.shape[0]}, the earlier chunks {buf.shape[0]}; "
+                                 "every chunk must hold the same samples ([batch, n] with one batch size)")
+            buf = c if buf is None else torch.cat([buf, c], dim=1)
+            while buf.shape[1] >= S:
+                with grad_mode():
                     out = self.step(buf[:, :S], state, segment=seg_index)
-                    state, buf, seg_index = (out.state if grad else out.state.detach()), buf[:, S:], seg_index + 1
-                    yield out
-            if buf is not None and buf.shape[1] > 0:
-                yield self.step(buf, state, segment=seg_index)
+                state, buf, seg_index = (out.state if grad else out.state.detach()), buf[:, S:], seg_index + 1
+                yield out
+        if buf is not None and buf.shape[1] > 0:
+            with grad_mode():
+                out = self.step(buf, state, segment=seg_index)
+            yield out
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **gen_kwargs) -> Tensor:

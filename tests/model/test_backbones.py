@@ -97,3 +97,12 @@ def test_config_json_round_trip():
     assert av.ARMTConfig.from_json(c.to_json()) == c
     with pytest.raises(ValueError, match="unknown field"):
         av.ARMTConfig.from_dict({"num_mem_tokens": 2, "bogus": 1})
+
+
+def test_abandoned_stream_leaves_grad_mode_alone():
+    m = tiny_model()
+    gen = m.stream([torch.randint(0, 32, (1, 64))])
+    next(gen)
+    assert torch.is_grad_enabled()  # the caller's code between segments keeps its own grad mode
+    del gen
+    assert torch.is_grad_enabled()
