@@ -53,6 +53,9 @@ def _seed_everything():
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "manual_seed"):
         torch.manual_seed(SEED)
+        # tiny models run fastest on one intra-op thread; two threads per xdist worker on a 2-core box
+        # oversubscribe (5-14x slower). `make test` also sets OMP_NUM_THREADS=1.
+        torch.set_num_threads(1)
     yield
 
 

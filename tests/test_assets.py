@@ -8,15 +8,6 @@ import torch
 from armt_viz.assets import ASSETS_DIR, demo_model_path, demo_stream_config, load_demo_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; two threads on a busy 2-core box oversubscribe (14x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_assets_are_small():
     size = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert size < 5 * 2**20, f"assets take {size / 2**20:.2f} MB"

@@ -12,15 +12,6 @@ from armt_viz.config import ARMTConfig
 from armt_viz.tasks.associative_retrieval import EOS, GEN, make_ar_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; two threads on a busy 2-core box oversubscribe (14x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _Oracle(torch.nn.Module):
     """Stands in for ARMTModel.generate: answers from the prompt itself, optionally corrupted."""
 

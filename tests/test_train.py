@@ -13,15 +13,6 @@ from armt_viz.tasks.associative_retrieval import EOS, GEN, SEP, make_ar_batch
 from armt_viz.train import TrainConfig, official_loss, sample_ar, smoke_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one intra-op thread; two threads on a busy 2-core box oversubscribe (14x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_smoke_train_writes_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--smoke", "--out", str(out), "--curriculum", "1,2", "--steps", "3,3"]) == 0

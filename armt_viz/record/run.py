@@ -29,7 +29,6 @@ def _task_settings(model) -> dict:
 
 def task_stream(model, task: str, n_tokens: int, seed: int):
     """(chunk iterator of [1, n] token arrays, ledger, description) for a task, aligned to the model's segments."""
-    import xarray as xr  # noqa: F401
     from ..record.recorder import RecordInput
     from ..tasks import StreamConfig, concat_ledgers, make_ar_batch, stream_chunks
     S = model.config.segment_size

@@ -67,8 +67,6 @@ def test_open_trace_errors_are_clear(tmp_path):
 
 
 def test_corrupted_metadata_is_a_clear_error(reference, tmp_path):
-    import shutil
-    src = Path(reference.encoding.get("source", "")) if reference.encoding.get("source") else None
     store = tmp_path / "c.zarr"
     p = _run(store, False)
     assert p.wait(timeout=300) == 0
