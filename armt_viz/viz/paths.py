@@ -21,9 +21,11 @@ class TracePathError(PermissionError):
 
 
 def is_trace_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory holding a zarr group (v3 ``zarr.json`` or v2 ``.zgroup``)."""
+    """Whether ``path`` is a committed armt_viz trace: a zarr group with the recorder's commit marker.
+
+    A recording whose first chunk is not committed yet (or a foreign zarr store) is not listed."""
     p = Path(path)
-    return p.is_dir() and ((p / "zarr.json").is_file() or (p / ".zgroup").is_file())
+    return p.is_dir() and (p / "zarr.json").is_file() and (p / "armt_commit.json").is_file()
 
 
 def within_root(root_real: str, path: str | os.PathLike) -> bool:

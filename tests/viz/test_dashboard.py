@@ -91,6 +91,7 @@ def test_broken_store_is_reported_not_raised(tmp_path):
     broken = tmp_path / "broken.zarr"
     broken.mkdir()
     (broken / "zarr.json").write_text("{not json")
+    (broken / "armt_commit.json").write_text('{"sizes": {"segment": 1, "keyframe": 0}}')  # listed, but corrupted
     st = TraceStore(trace_root=str(tmp_path))
     assert st.ds is None and st.status.startswith("Cannot open")
 
