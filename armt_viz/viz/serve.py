@@ -99,6 +99,32 @@ def _origins(address: str, port: int) -> list[str]:
     return sorted({f"{h}:{port}" for h in hosts} | set(extra))
 
 
+_COMPONENT_PACKAGES = ("panel", "panel_material_ui", "bokeh", "param", "armt_viz")
+
+
+def restrict_component_route() -> None:
+    """Panel's `/components/<module>/...` route imports whatever module the URL names (running its top-level
+    code, even before login). Allow only modules that are already imported and belong to the packages the
+    page itself uses; anything else is a 404 before any import happens."""
+    import sys
+
+    from panel.io.server import ComponentResourceHandler
+    from tornado.web import HTTPError
+
+    if getattr(ComponentResourceHandler.parse_url_path, "_armt_restricted", False):
+        return
+    original = ComponentResourceHandler.parse_url_path
+
+    def parse_url_path(self, path: str) -> str:
+        mod = path.split("/", 1)[0]
+        if mod.split(".")[0] not in _COMPONENT_PACKAGES or mod not in sys.modules:
+            raise HTTPError(404, "Module not found")
+        return original(self, path)
+
+    parse_url_path._armt_restricted = True
+    ComponentResourceHandler.parse_url_path = parse_url_path
+
+
 def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", basic_auth: str | None = None,
               cookie_secret: str | None = None, show: bool = False, *, threaded: bool = False):
     """Serve the dashboard over ``trace_root`` at ``http://address:port/`` until interrupted.
@@ -118,6 +144,7 @@ def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", bas
 
     from .dashboard import APP_TITLE, build_app
 
+    restrict_component_route()
     root = os.path.realpath(trace_root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--trace-root {trace_root!r} is not a directory; create it or record a trace "

@@ -161,10 +161,6 @@ def test_static_routes_serve_nothing_outside_their_folders(server, path):
     assert b"root:x:0:0" not in reply and b"zarr_format" not in reply and b"sizes" not in reply
 
 
-@pytest.mark.xfail(reason="Panel's /components/<module>/... route imports any installed module named in the URL "
-                          "(panel.io.server.ComponentResourceHandler: importlib.import_module(mod)), so any GET, "
-                          "without a login even when --basic-auth is set, runs that module's top-level code; "
-                          "armt_viz/viz/serve.py should restrict the route (reported to the viz owner)", strict=False)
 def test_component_route_does_not_import_modules_named_in_the_url(server):
     name = "this"  # the stdlib easter egg: importing it prints the Zen of Python
     if name in sys.modules:
