@@ -17,6 +17,7 @@ import torch
 
 from ..model.armt import MemoryState
 from ..model.fast import GraphedStepper
+from .stats import segment_statistics
 
 __all__ = ["graph_record_eligible", "run_graphed"]
 
@@ -26,52 +27,15 @@ def graph_record_eligible(model, rec) -> bool:
             and rec.rank <= 1)
 
 
-def _device_stats(rec, cap_data: dict, out, stepper: GraphedStepper, first: bool) -> dict:
-    model, M, H = rec.model, rec.M, rec.H
-    L = model.n_layers
-    B, S = out.logits.shape[:2]
-    f32 = lambda x: x.float()  # noqa: E731
-    stats = {}
-    A_new = [a for a in out.state.assoc]
-    stats["assoc_norm"] = torch.stack([a.flatten(1).norm(dim=1) for a in A_new], 1)
-    stats["normalizer_norm"] = torch.stack([z.flatten(1).norm(dim=1) for z in out.state.normalizer], 1)
-    stats["write_delta_norm"] = torch.stack([(a - p).flatten(1).norm(dim=1) for a, p in zip(A_new, stepper.A)], 1)
-    zeros = torch.zeros(B, L, device=out.logits.device)
-    if first:
-        for k in ("read_out_norm_mean", "read_out_norm_max", "read_denominator_mean"):
-            stats[k] = zeros
-    else:
-        rn = [f32(cap_data[("hook_read_out", l)][:, :S]).norm(dim=-1) for l in range(L)]
-        stats["read_out_norm_mean"] = torch.stack([r.mean(1) for r in rn], 1)
-        stats["read_out_norm_max"] = torch.stack([r.amax(1) for r in rn], 1)
-        stats["read_denominator_mean"] = torch.stack(
-            [f32(cap_data[("hook_read_denominator", l)][:, :S]).mean((1, 2)) for l in range(L)], 1)
-    g = torch.stack([f32(cap_data[("hook_write_gate", l)]).mean(-1) for l in range(L)], 1)  # [B, L, M]
-    c = torch.stack([f32(cap_data[("hook_correction", l)]).expand(B, M, H) for l in range(L)], 1)
-    pv = torch.stack([f32(cap_data[("hook_write_prev_value", l)]).norm(dim=-1).expand(B, M) for l in range(L)], 1)
-    stats.update(write_gate_mean=g.mean(-1), correction_mean=c.mean((2, 3)), correction_min=c.amin((2, 3)),
-                 prev_value_norm_mean=pv.mean(-1))
-    ids = stepper.ids
-    lg = out.logits[:, :-1].float()
-    stats["segment_loss"] = torch.nn.functional.cross_entropy(
-        lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1), reduction="none").reshape(B, S - 1).mean(1)
-    if rec.rank >= 1:
-        stats["write_key"] = torch.stack([f32(cap_data[("hook_write_key", l)]) for l in range(L)], 1)
-        stats["write_delta"] = torch.stack([f32(cap_data[("hook_write_delta", l)]).expand(B, M, -1) for l in range(L)], 1)
-        stats.update(write_gate=g, write_correction=c, write_prev_value_norm=pv)
-    return stats
-
-
 def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_rows=()) -> tuple:
     """Record full segments through the graph; returns (state, next segment index, pending rows, pending
-    keyframe rows). A trailing partial segment is returned unprocessed to the caller (as leftover ids)."""
+    keyframe rows, leftover ids). A trailing partial segment is left to the caller's eager loop."""
     from .recorder import _Capture
     model, rc, S = rec.model, rec.rc, rec.S
     caps = {True: _Capture(rec.rank), False: _Capture(rec.rank)}
-    current = {"first": True}
-
-    def extra(out, stepper, first):
-        return _device_stats(rec, caps[first].data, out, stepper, first)
+    def extra(out, stepper, first):  # computed inside the captured graph
+        return segment_statistics(caps[first].data, out, stepper.A, stepper.ids, mem=rec.M, heads=rec.H,
+                                  writes=rec.rank >= 1)
 
     stepper = None
     pinned: dict[str, torch.Tensor] = {}
@@ -86,7 +50,7 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
         while buf.shape[1] >= S:
             seg_ids, buf = buf[:, :S], buf[:, S:]
             if stepper is None:
-                stepper = _make_stepper(model, seg_ids.shape[0], caps, extra, current)
+                stepper = _make_stepper(model, seg_ids.shape[0], caps, extra)
                 if state is not None:
                     stepper.load_state(state)
             stepper.step(seg_ids.to(model.memory.device, non_blocking=True), seg_index)
@@ -117,13 +81,13 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
     return state, seg_index, rows, kf_rows, leftover
 
 
-def _make_stepper(model, B, caps, extra, current):
+def _make_stepper(model, B, caps, extra):
     # hooks must be live while the graphs are captured: each graph's capture fills its own capture dict
     with model.hooks(caps[True].hooks(model)):
-        first_only = GraphedStepper(model, B, extra=extra, capture=(True,))
+        stepper = GraphedStepper(model, B, extra=extra, capture=(True,))
     with model.hooks(caps[False].hooks(model)):
-        first_only.capture_more(False)
-    return first_only
+        stepper.capture_more(False)
+    return stepper
 
 
 def _host_rows(rec, pinned, host_tokens, seg_end):

@@ -29,6 +29,7 @@ from ..trace.io import open_trace
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import graph_record_eligible, run_graphed
+from .stats import SUMMARY_STATS, segment_statistics
 
 __all__ = ["record", "RecordInput"]
 
@@ -256,7 +257,7 @@ class _Recording:
                 if self.fast and graph_record_eligible(model, self):
                     state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar, kf_rows)
                     chunks = [leftover] if leftover is not None else []
-                gen = model.stream(_offset_state(chunks), state)
+                gen = model.stream(chunks, state)
                 for out in gen:
                     prev = state if state is not None else model.init_state(out.logits.shape[0], out.logits.device)
                     rows.append(self._segment_row(out, prev, cap, seg_index))
@@ -281,69 +282,28 @@ class _Recording:
 
     # ------------------------------------------------------------------ per segment
     def _segment_row(self, out, prev: MemoryState, cap: _Capture, seg: int) -> dict:
-        model, M = self.model, self.M
-        d = cap.data
-        logits = out.logits
+        model, d = self.model, cap.data
+        logits, ids = out.logits, out.input_ids
         B, L = logits.shape[:2]
-        L_layers = model.n_layers
-        row: dict[str, Any] = {}
-        # tokens are recovered from the logits' inputs via the capture of the stream chunk: keep ids on out
-        ids = out.input_ids if hasattr(out, "input_ids") else None
         tok = np.full((B, self.S), -1, np.int32)
-        if ids is not None:
-            tok[:, :L] = ids.cpu().numpy()
-        row["tokens"] = tok
-        row["segment"] = seg
-        row["segment_start"] = seg * self.S
-        row["segment_length"] = L
-        if ids is not None and L > 1:
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                   ids[:, 1:].reshape(-1), reduction="none").reshape(B, L - 1)
-            row["segment_loss"] = ce.mean(1).cpu().numpy().astype(np.float32)
-        else:
-            row["segment_loss"] = np.full(B, np.nan, np.float32)
-        stats = {k: np.zeros((B, L_layers), np.float32) for k in (
-            "assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max", "read_denominator_mean",
-            "write_gate_mean", "correction_mean", "correction_min", "prev_value_norm_mean", "write_delta_norm")}
-        wk = np.zeros((B, L_layers, M, model.config.d_mem), self.sdtype) if self.rank >= 1 else None
-        wd = np.zeros((B, L_layers, M, model.d_model), self.sdtype) if self.rank >= 1 else None
-        wg = np.zeros((B, L_layers, M), np.float32)
-        wc = np.zeros((B, L_layers, M, self.H), np.float32)
-        wp = np.zeros((B, L_layers, M), np.float32)
-        for l in range(L_layers):
-            A_new, z_new = out.state.assoc[l], out.state.normalizer[l]
-            stats["assoc_norm"][:, l] = A_new.flatten(1).norm(dim=1).cpu().numpy()
-            stats["normalizer_norm"][:, l] = z_new.flatten(1).norm(dim=1).cpu().numpy()
-            stats["write_delta_norm"][:, l] = (A_new - prev.assoc[l]).flatten(1).norm(dim=1).cpu().numpy()
-            r = d.get(("hook_read_out", l))
-            if r is not None:
-                rn = r[:, :L].float().norm(dim=-1)
-                stats["read_out_norm_mean"][:, l] = rn.mean(1).cpu().numpy()
-                stats["read_out_norm_max"][:, l] = rn.max(1).values.cpu().numpy()
-                stats["read_denominator_mean"][:, l] = d[("hook_read_denominator", l)][:, :L].float().mean((1, 2)).cpu().numpy()
-            g = d[("hook_write_gate", l)].float()
-            gm = g.mean(-1)
-            stats["write_gate_mean"][:, l] = gm.mean(1).cpu().numpy()
-            wg[:, l] = gm.cpu().numpy()
-            c = d[("hook_correction", l)].float().expand(B, M, self.H)
-            stats["correction_mean"][:, l] = c.mean((1, 2)).cpu().numpy()
-            stats["correction_min"][:, l] = c.amin((1, 2)).cpu().numpy()
-            wc[:, l] = c.cpu().numpy()
-            pv = d[("hook_write_prev_value", l)].float().norm(dim=-1).expand(B, M)
-            stats["prev_value_norm_mean"][:, l] = pv.mean(1).cpu().numpy()
-            wp[:, l] = pv.cpu().numpy()
-            if self.rank >= 1:
-                wk[:, l] = d[("hook_write_key", l)].float().cpu().numpy()
-                wd[:, l] = d[("hook_write_delta", l)].float().expand(B, M, -1).cpu().numpy()
+        tok[:, :L] = ids.cpu().numpy()
+        host = {k: v.cpu().numpy() for k, v in segment_statistics(
+            d, out, prev.assoc, ids, mem=self.M, heads=self.H, writes=self.rank >= 1).items()}
+        row: dict[str, Any] = {"tokens": tok, "segment": seg, "segment_start": seg * self.S, "segment_length": L,
+                               "segment_loss": host.pop("segment_loss")}
+        stats = {k: host.pop(k) for k in SUMMARY_STATS}
         if self.check_finite:
             self._check_finite(seg, stats, row["segment_loss"], logits)
         row.update(stats)
         if self.rank >= 1:
-            row.update(write_key=wk, write_delta=wd, write_gate=wg, write_correction=wc, write_prev_value_norm=wp)
+            host["write_key"] = host["write_key"].astype(self.sdtype)
+            host["write_delta"] = host["write_delta"].astype(self.sdtype)
+            row.update(host)
         if self.rank >= 2:
-            row["assoc_matrix"] = np.stack([out.state.flat_assoc(l).expand(B, -1, -1).cpu().numpy() for l in range(L_layers)], 1)
-            row["normalizer"] = np.stack([out.state.flat_normalizer(l).expand(B, -1).cpu().numpy() for l in range(L_layers)], 1)
-            row["mem_hidden"] = np.stack([d[("hook_mem_output", l)].float().cpu().numpy() for l in range(L_layers)], 1).astype(self.sdtype)
+            n = model.n_layers
+            row["assoc_matrix"] = np.stack([out.state.flat_assoc(l).expand(B, -1, -1).cpu().numpy() for l in range(n)], 1)
+            row["normalizer"] = np.stack([out.state.flat_normalizer(l).expand(B, -1).cpu().numpy() for l in range(n)], 1)
+            row["mem_hidden"] = np.stack([d[("hook_mem_output", l)].float().cpu().numpy() for l in range(n)], 1).astype(self.sdtype)
         self._probe_rows(out, d, seg, L)
         return row
 
@@ -495,10 +455,6 @@ class _Recording:
                     continue
                 w.write_static(f"ledger_{name}", tuple(v.dims), vals)
             w.group.attrs["ledger_attrs"] = json.dumps({k: str(v) for k, v in self.inp.ledger.attrs.items()})
-
-
-def _offset_state(chunks):
-    return chunks
 
 
 def _state_to_npz(state: MemoryState) -> dict[str, np.ndarray]:
