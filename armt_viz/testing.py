@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model"]
+__all__ = ["tiny_model", "free_port"]
 
 
 def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
@@ -33,3 +33,12 @@ def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size
         for p in model.parameters():
             p.normal_(0, std)
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for test and benchmark servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,11 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from armt_viz.testing import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def make_trace_root(root: Path, segments: int) -> Path:
@@ -222,7 +216,7 @@ def main(argv=None) -> int:
         t = time.time()
         root = make_trace_root(tmp / "root", a.segments)
         print(f"recorded a {a.segments}-segment trace in {time.time() - t:.1f} s")
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("armt-viz", path=str(Path(sys.executable).parent)) or shutil.which("armt-viz")
     cmd = ([exe] if exe else [sys.executable, "-m", "armt_viz.cli"]) + [
         "serve", "--trace-root", str(root), "--port", str(port), "--address", "127.0.0.1"]

@@ -18,16 +18,11 @@ import time
 import urllib.parse
 
 import pytest
+from armt_viz.testing import free_port  # noqa: E402
 
 serve = pytest.importorskip("armt_viz.viz.serve", reason="the dashboard server (armt_viz/viz/serve.py) is not there yet")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _wait(port, timeout=60):
@@ -75,7 +70,7 @@ def opened():
 
 
 def _start(root, **kw):
-    port = _free_port()
+    port = free_port()
     srv = serve.run_serve(str(root), port=port, threaded=True, **kw)
     _wait(port)
     return srv, port

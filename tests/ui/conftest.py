@@ -20,16 +20,11 @@ from synthetic import make_root  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _browser import LAUNCH_ARGS  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from armt_viz.testing import free_port  # noqa: E402
 
 
 def _serve(root: Path, *extra: str):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "armt_viz.cli", "serve", "--trace-root", str(root),
                              "--port", str(port), *extra], cwd=REPO, env=env,
