@@ -53,13 +53,23 @@ def record_kwargs(n_tokens: int) -> dict:
                 progress=False, seed=7, description="reliability workload")
 
 
-def run(store, *, resume: bool = False, n_tokens: int = 160, model=None, **over):
-    """Record the workload into `store` (resuming if asked); returns the lazily opened trace."""
+def run(store, *, resume: bool = False, n_tokens: int = 160, model=None, pace: float = 0.0, **over):
+    """Record the workload into `store` (resuming if asked); returns the lazily opened trace.
+
+    pace: seconds to wait before handing over each input chunk, so a concurrent reader sees the store grow
+    whatever the machine's speed (the data are unchanged)."""
+    import time
+
     import armt_viz as av
     x = token_ids(n_tokens)
-    chunks = (x[:, i:i + CHUNK_TOKENS] for i in range(0, x.shape[1], CHUNK_TOKENS))
+
+    def chunks():
+        for i in range(0, x.shape[1], CHUNK_TOKENS):
+            if pace:
+                time.sleep(pace)
+            yield x[:, i:i + CHUNK_TOKENS]
     kw = {**record_kwargs(n_tokens), **over}
-    return av.record(model if model is not None else make_model(), chunks, store=str(store), resume=resume, **kw)
+    return av.record(model if model is not None else make_model(), chunks(), store=str(store), resume=resume, **kw)
 
 
 @contextlib.contextmanager
@@ -139,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=160)
     p.add_argument("--ready", default=None, help="file to create once imports are done, just before recording")
     p.add_argument("--crash-at", default=None, help="POINT:N, SIGKILL self at the N-th protocol step POINT")
+    p.add_argument("--pace", type=float, default=0.0, help="seconds to wait before each input chunk")
     a = p.parse_args(argv)
     model = make_model()
     import armt_viz as av
@@ -150,7 +161,7 @@ def main(argv=None) -> int:
     if a.ready:
         Path(a.ready).write_text(str(os.getpid()))
     with ctx:
-        run(a.store, resume=a.resume, n_tokens=a.tokens, model=model)
+        run(a.store, resume=a.resume, n_tokens=a.tokens, model=model, pace=a.pace)
     return 0
 
 

@@ -156,7 +156,8 @@ def test_reader_polling_a_store_being_written_sees_a_consistent_prefix(tmp_path)
     store = tmp_path / "live.zarr"
     ready = tmp_path / "ready"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    p = subprocess.Popen([sys.executable, str(Path(rw.__file__)), str(store), "--tokens", "224", "--ready", str(ready)],
+    p = subprocess.Popen([sys.executable, str(Path(rw.__file__)), str(store), "--tokens", "224", "--ready", str(ready),
+                          "--pace", "0.3"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     snapshots, seen_sizes, refused = [], set(), 0
     try:
