@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..config import ARMTConfig
 from ..hooks import HookPoint, MemoryHooks, hooks_scope
 from .backbones import BackboneAdapter, adapter_for, extend_positions, get_attr_path
-from .memory import feature_map, read_memory, write_memory
+from .memory import EAGER_KERNELS, Kernels
 
 __all__ = ["ARMTModel", "MemoryState", "SegmentOutput", "ARMTOutput", "split_segments"]
 
@@ -121,11 +121,12 @@ class _StepContext:
 class _Slot:
     """Shared by the model and its blocks: the context of the step in progress, or None."""
 
-    __slots__ = ("ctx", "ablate_read")
+    __slots__ = ("ctx", "ablate_read", "kernels")
 
     def __init__(self):
         self.ctx: _StepContext | None = None
         self.ablate_read = False
+        self.kernels: Kernels = EAGER_KERNELS
 
 
 class AssociativeBlock(nn.Module):
@@ -160,12 +161,12 @@ class AssociativeBlock(nn.Module):
         ctx = self._slot.ctx
         if ctx is None:
             return self.layer(hidden_states, *args, **kwargs)
-        cfg, i, hk = self.cfg, self.index, self.memory
+        cfg, i, hk, kn = self.cfg, self.index, self.memory, self._slot.kernels
         A, z = ctx.state.assoc[i], ctx.state.normalizer[i]
         h = hidden_states
         if ctx.read and not ctx.state.first and not self._slot.ablate_read:
-            q = hk.hook_read_query(feature_map(self.W_mq(h), cfg.n_heads, cfg.nu, cfg.normalize_features))
-            r, den = read_memory(q, A, z, cfg.eps, cfg.use_denom)
+            q = hk.hook_read_query(kn.feature_map(self.W_mq(h), cfg.n_heads, cfg.nu, cfg.normalize_features))
+            r, den = kn.read_memory(q, A, z, cfg.eps, cfg.use_denom)
             hk.hook_read_denominator(den)
             h = h + hk.hook_read_out(r).to(h.dtype)
         out = self.layer(h, *args, **kwargs)
@@ -175,10 +176,10 @@ class AssociativeBlock(nn.Module):
             if hk.active("hook_mem_input"):
                 hk.hook_mem_input(h[:, -M:])
             m = hk.hook_mem_output(hs[:, -M:])
-            k = feature_map(hk.hook_write_key(self.W_mk(m)), cfg.n_heads, cfg.nu, cfg.normalize_features)
+            k = kn.feature_map(hk.hook_write_key(self.W_mk(m)), cfg.n_heads, cfg.nu, cfg.normalize_features)
             v = hk.hook_write_value(self.W_mv(m))
             beta = hk.hook_write_gate(torch.sigmoid(self.W_mb(m)))
-            res = write_memory(
+            res = kn.write_memory(
                 k, v, beta, A, z, first=ctx.state.first, correction=cfg.correction,
                 eps=cfg.eps, use_denom=cfg.use_denom, gamma_eps=cfg.gamma_eps,
             )
@@ -276,6 +277,17 @@ class ARMTModel(nn.Module):
             yield
         finally:
             self._slot.ablate_read = False
+
+    @contextlib.contextmanager
+    def memory_kernels(self, kernels: Kernels | None):
+        """Run the memory math with `kernels` (e.g. `memory.compiled_kernels()`) inside the block;
+        None keeps the current ones. The fast paths use it while capturing a CUDA graph."""
+        old = self._slot.kernels
+        self._slot.kernels = kernels or old
+        try:
+            yield
+        finally:
+            self._slot.kernels = old
 
     def init_state(self, batch_size: int = 1, device=None) -> MemoryState:
         cfg = self.config

@@ -2,12 +2,13 @@
 
 The official implementation is launch-bound on a GPU (one segment at a time, dozens of small
 kernels per layer). A CUDA graph replays the whole step -- reads, blocks, writes -- with one
-launch. Inputs and the memory state live in static buffers; after each replay the new state is
-copied into the input buffers for the next segment. Two graphs are captured: the first segment
+launch. Inputs and the memory state live in static buffers; the last kernels of the graph copy the
+new state into the input buffers for the next segment. Two graphs are captured: the first segment
 (no read, v-bar = 0, gamma = 1) and every later one. A final partial segment runs eagerly.
 
 Exactness: the graph runs the same kernels as the eager step on the same buffers, so results
-match the eager path (tested to 1e-5 in float32). Requires wrap_pos=False (the fast path passes
+match the eager path (tested to 1e-5 in float32). With `compile_memory=True` the graph holds the
+`torch.compile`d memory math instead (fused kernels; equal to rounding, also tested). Requires wrap_pos=False (the fast path passes
 no mask and no position ids, so the backbone's own causal path is used).
 """
 
@@ -16,26 +17,34 @@ from __future__ import annotations
 import torch
 
 from .armt import ARMTModel, MemoryState, SegmentOutput
+from .memory import compiled_kernels
 
 __all__ = ["GraphedStepper", "fast_stream"]
 
 
 class GraphedStepper:
-    def __init__(self, model: ARMTModel, batch_size: int = 1, extra=None, capture=(True, False)):
-        """extra(out, stepper, first) -> dict of tensors computed inside the graph after the step
-        (the recorder's per-segment statistics); returned by `step` as static buffers."""
+    def __init__(self, model: ARMTModel, batch_size: int = 1, extra=None, capture=(True, False),
+                 compile_memory: bool = False):
+        """extra(out, stepper, first) -> dict of float32 tensors computed inside the graph after the step
+        (the recorder's per-segment statistics). The graph packs them into one flat buffer (`packed`), so a
+        caller moves a whole segment's statistics with a single copy.
+
+        compile_memory: capture `torch.compile`d memory math (fewer, fused kernels; compiles once per
+        process and shape, ~15 s on an H100) instead of the eager functions.
+        """
         if model.config.wrap_pos:
             raise ValueError("the CUDA-graph fast path needs wrap_pos=False; use model.stream for wrap_pos models")
         dev = model.memory.device
         if dev.type != "cuda":
             raise ValueError(f"the CUDA-graph fast path needs the model on a CUDA device, it is on {dev}")
         self.model, self.B, self.extra = model, batch_size, extra
+        self.kernels = compiled_kernels() if compile_memory else None
         S = model.config.segment_size
         self.ids = torch.zeros(batch_size, S, dtype=torch.long, device=dev)
         z = model.init_state(batch_size, dev)
         self.A = [a.expand(batch_size, *a.shape[1:]).clone() for a in z.assoc]
         self.Z = [n.expand(batch_size, *n.shape[1:]).clone() for n in z.normalizer]
-        self.graphs, self.outs, self.extras = {}, {}, {}
+        self.graphs, self.outs, self.extras, self.packed = {}, {}, {}, {}
         for first in capture:
             self._capture(first)
 
@@ -44,11 +53,20 @@ class GraphedStepper:
 
     def _run(self, first: bool):
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
-        out = self.model.step(self.ids, st, explicit_mask=False)
-        return out, (self.extra(out, self, first) if self.extra else {})
+        with self.model.memory_kernels(self.kernels):
+            out = self.model.step(self.ids, st, explicit_mask=False)
+        extra = self.extra(out, self, first) if self.extra else {}
+        packed = torch.cat([t.reshape(-1).float() for t in extra.values()]) if extra else None
+        # the new state goes into the input buffers inside the graph, after everything that reads the old one
+        for a, a_new in zip(self.A, out.state.assoc):
+            a.copy_(a_new)
+        for z, z_new in zip(self.Z, out.state.normalizer):
+            z.copy_(z_new)
+        return out, extra, packed
 
     @torch.no_grad()
     def _capture(self, first: bool):
+        saved = [t.clone() for t in self.A + self.Z]  # the warm-up runs advance the state; put it back
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -57,25 +75,35 @@ class GraphedStepper:
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            out, extra = self._run(first)
-        self.graphs[first], self.outs[first], self.extras[first] = g, out, extra
+            out, extra, packed = self._run(first)
+        for t, v in zip(self.A + self.Z, saved):
+            t.copy_(v)
+        self.graphs[first], self.outs[first], self.packed[first] = g, out, packed
+        # views of the packed buffer, in the order of `extra`
+        views, i = {}, 0
+        for k, t in extra.items():
+            views[k] = packed[i:i + t.numel()].view(t.shape)
+            i += t.numel()
+        self.extras[first] = views
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, segments_done: int) -> SegmentOutput:
         first = segments_done == 0
-        self.ids.copy_(ids)
+        if first:  # a fresh memory (the buffers may hold the end of an earlier stream)
+            for t in self.A + self.Z:
+                t.zero_()
+        self.ids.copy_(ids, non_blocking=True)
         self.graphs[first].replay()
-        out = self.outs[first]
-        for a, a_new in zip(self.A, out.state.assoc):
-            a.copy_(a_new)
-        for z, z_new in zip(self.Z, out.state.normalizer):
-            z.copy_(z_new)
         state = MemoryState(tuple(self.A), tuple(self.Z), segments_done + 1)
-        return SegmentOutput(out.logits, state, segments_done, ids)
+        return SegmentOutput(self.outs[first].logits, state, segments_done, ids)
 
     def last_extra(self, segments_done: int) -> dict:
-        """The `extra` tensors of the latest replay (static buffers: copy before the next step)."""
+        """The `extra` tensors of the latest replay (views of static buffers: copy before the next step)."""
         return self.extras[segments_done == 0]
+
+    def last_packed(self, segments_done: int) -> torch.Tensor | None:
+        """All `extra` tensors of the latest replay as one flat float32 buffer (static: copy before the next step)."""
+        return self.packed[segments_done == 0]
 
     def load_state(self, state: MemoryState):
         for a, src in zip(self.A, state.assoc):

@@ -29,7 +29,8 @@ from ..trace.io import open_trace
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import graph_record_eligible, run_graphed
-from .stats import SUMMARY_STATS, segment_statistics
+from .flusher import BackgroundFlusher
+from .stats import SUMMARY_STATS, segment_statistics, singular_values, to_host
 
 __all__ = ["record", "RecordInput"]
 
@@ -124,7 +125,7 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
            probes=None, resume: bool = False, *, chunk_segments: int | None = None, storage_dtype: str = "float32",
            ledger: xr.Dataset | None = None, progress: bool = True, description: str | None = None, seed=None,
            spectrum_rank: int = 16, initial_state: MemoryState | None = None,
-           check_finite: bool = True, fast: bool = True) -> xr.Dataset:
+           check_finite: bool = True, fast: bool | str = True) -> xr.Dataset:
     """Record `model` over `inputs` into a trace (DESIGN.md §4).
 
     Args:
@@ -137,7 +138,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         resume: continue a killed recording from its last committed chunk (same inputs and settings).
         storage_dtype: dtype of write events on disk ("float32" exact; "float16"/"bfloat16" half the bytes).
         ledger: task ledger (xarray, dim `event`) stored as `ledger_*` variables.
-        fast: on CUDA, replay the step and the statistics as a CUDA graph when possible (same values).
+        fast: on CUDA, replay the step and the statistics as a CUDA graph when possible (same values);
+            "compile" also fuses the memory math with torch.compile (equal to rounding; ~15 s to compile).
         check_finite: stop with a FloatingPointError naming the segment and layer where a NaN/Inf first
             appears in the memory-token activations, the memory (A, z), the read-outs or the logits
             (the committed prefix stays intact). The check reuses the per-segment norms, so it is cheap.
@@ -145,6 +147,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     """
     if not isinstance(model, ARMTModel):
         raise TypeError(f"record: model must be an armt_viz.ARMTModel, got {type(model).__name__}")
+    if fast not in (True, False, "compile"):
+        raise ValueError(f"record: fast must be True, False or 'compile', got {fast!r}")
     rc = RecordConfig(level=level, keyframe_every=keyframe_every,
                       chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
@@ -252,6 +256,7 @@ class _Recording:
         rows: list[dict] = []
         kf_rows: list[dict] = pending_kf
         seg_index = self.start_segment
+        self.flusher = BackgroundFlusher()
         try:
             with model.hooks(cap.hooks(model)), torch.no_grad():
                 if self.fast and graph_record_eligible(model, self):
@@ -268,15 +273,17 @@ class _Recording:
                     seg_index += 1
                     bar.update(1)
                     if seg_index % rc.chunk_segments == 0:
-                        self._flush(rows, kf_rows, state)
+                        self._submit_flush(rows, kf_rows, state)
                         rows, kf_rows = [], []
                 if rows or kf_rows:
-                    self._flush(rows, kf_rows, state)
+                    self._submit_flush(rows, kf_rows, state)
+                self.flusher.wait()
                 if seg_index == 0:
                     raise ValueError(f"record: the input holds no tokens ({self.inp.description}); expected token "
                                      "ids [batch, seq] with seq >= 1 or a stream yielding at least one token")
                 self.writer.commit(_state_to_npz(state) if state is not None else None, complete=True)
         finally:
+            self.flusher.close()
             bar.close()
             model.train(was_training)
 
@@ -287,8 +294,7 @@ class _Recording:
         B, L = logits.shape[:2]
         tok = np.full((B, self.S), -1, np.int32)
         tok[:, :L] = ids.cpu().numpy()
-        host = {k: v.cpu().numpy() for k, v in segment_statistics(
-            d, out, prev.assoc, ids, mem=self.M, heads=self.H, writes=self.rank >= 1).items()}
+        host = to_host(segment_statistics(d, out, prev.assoc, ids, mem=self.M, heads=self.H, writes=self.rank >= 1))
         row: dict[str, Any] = {"tokens": tok, "segment": seg, "segment_start": seg * self.S, "segment_length": L,
                                "segment_loss": host.pop("segment_loss")}
         stats = {k: host.pop(k) for k in SUMMARY_STATS}
@@ -345,6 +351,7 @@ class _Recording:
         bad_params = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         cause = (f"non-finite weights: {bad_params[:5]}{' ...' if len(bad_params) > 5 else ''}" if bad_params
                  else "the weights are finite, so the activations overflowed (check the input and the weight scale)")
+        self.flusher.wait()  # the chunks before this one are committed before the message counts them
         raise FloatingPointError(
             f"record: NaN/Inf at segment {seg}, {where}. Expected finite activations and memory; cause: {cause}. "
             + (f"The store {str(self.path)!r} keeps the {self.writer._committed} segments committed before it. "
@@ -371,32 +378,44 @@ class _Recording:
         pred = out.logits[idx.to(out.logits.device), pos.to(out.logits.device)].argmax(-1).cpu().numpy().astype(np.int32)
         self._probe_buf.append(([h[0] for h in hits], q, r, den, pred))
 
-    def _write_probe_buffer(self) -> None:
-        if not getattr(self, "_probe_buf", None):
+    def _write_probe_buffer(self, buf: list) -> None:
+        if not buf:
             return
-        ids = np.concatenate([np.asarray(b[0]) for b in self._probe_buf])
+        ids = np.concatenate([np.asarray(b[0]) for b in buf])
         g = self.writer.group
         for k, name in enumerate(("read_query", "read_out", "read_denominator", "probe_prediction"), start=1):
-            g[name].oindex[ids] = np.concatenate([b[k] for b in self._probe_buf])
-        self._probe_buf = []
+            g[name].oindex[ids] = np.concatenate([b[k] for b in buf])
 
     def _keyframe_row(self, state: MemoryState, seg: int) -> dict:
-        B = state.assoc[0].shape[0]
+        """Snapshot (A, z) on the device (no host synchronisation); `_keyframe_host` finishes the row."""
         A = torch.stack([state.flat_assoc(l) for l in range(state.n_layers)], 1)  # [B, layer, F, D]
         z = torch.stack([state.flat_normalizer(l) for l in range(state.n_layers)], 1)
-        sv = torch.linalg.svdvals(A.double()).cpu()  # [B, layer, min(F, D)]
+        return {"keyframe_segment": seg, "keyframe_assoc": A, "keyframe_normalizer": z}
+
+    def _keyframe_host(self, row: dict) -> dict:
+        """Spectrum and effective rank of a snapshot, and its host copy (runs on the writer thread)."""
+        A = row["keyframe_assoc"]
+        sv = singular_values(A).cpu()  # [B, layer, min(F, D)], float64, descending
+        B, n_layers = A.shape[:2]
         k = self.rc.spectrum_rank
-        spec = torch.full((B, state.n_layers, k), float("nan"), dtype=torch.float64)
+        spec = torch.full((B, n_layers, k), float("nan"), dtype=torch.float64)
         spec[..., :min(k, sv.shape[-1])] = sv[..., :k]
         p = sv / sv.sum(-1, keepdim=True).clamp_min(1e-300)
         ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-        return {"keyframe_segment": seg, "keyframe_assoc": A.cpu().numpy().astype(np.float32),
-                "keyframe_normalizer": z.cpu().numpy().astype(np.float32),
+        return {"keyframe_segment": row["keyframe_segment"], "keyframe_assoc": A.cpu().numpy().astype(np.float32),
+                "keyframe_normalizer": row["keyframe_normalizer"].cpu().numpy().astype(np.float32),
                 "spectrum": spec.numpy().astype(np.float32), "effective_rank": torch.exp(ent).numpy().astype(np.float32)}
 
     # ------------------------------------------------------------------ writing
-    def _flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState):
+    def _submit_flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState) -> None:
+        """Hand a finished chunk to the writer thread (rows, keyframe snapshots and `state` must not be
+        mutated afterwards; the probe reads gathered so far go with it)."""
+        probes, self._probe_buf = self._probe_buf, []
+        self.flusher.submit(self._flush, rows, kf_rows, state, probes)
+
+    def _flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState, probes: list = ()):
         w = self.writer
+        kf_rows = [self._keyframe_host(r) for r in kf_rows]
         if rows:
             data = {}
             bf16 = []
@@ -425,7 +444,7 @@ class _Recording:
                 ax = spec.dims.index("keyframe")
                 data[name] = (spec.dims, np.stack([np.asarray(r[name]) for r in kf_rows], axis=ax))
             w.append("keyframe", data)
-        self._write_probe_buffer()
+        self._write_probe_buffer(probes)
         w.commit(_state_to_npz(state))
 
     def _write_static(self):

@@ -6,10 +6,11 @@ segment; the CUDA-graph recorder captures it inside the graph and copies it out 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["segment_statistics", "SUMMARY_STATS"]
+__all__ = ["segment_statistics", "SUMMARY_STATS", "pack", "unpack", "to_host", "singular_values"]
 
 SUMMARY_STATS = ("assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max",
                  "read_denominator_mean", "write_gate_mean", "correction_mean", "correction_min",
@@ -58,3 +59,37 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
         s["write_delta"] = stack(hooked[("hook_write_delta", l)].float().expand(B, mem, -1) for l in range(n_layers))
         s.update(write_gate=gate, write_correction=corr, write_prev_value_norm=prev)
     return s
+
+
+def pack(stats: dict[str, Tensor]) -> tuple[Tensor, list[tuple[str, tuple, int, int]]]:
+    """All statistics of a segment as one flat float32 tensor plus its layout [(name, shape, start, stop)]."""
+    layout, i = [], 0
+    for k, t in stats.items():
+        layout.append((k, tuple(t.shape), i, i + t.numel()))
+        i += t.numel()
+    return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
+
+
+def unpack(flat: np.ndarray, layout) -> dict[str, np.ndarray]:
+    """Inverse of `pack` on a host copy (views of `flat`)."""
+    return {k: flat[a:b].reshape(shape) for k, shape, a, b in layout}
+
+
+def to_host(stats: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """Move a segment's statistics to the host with one transfer (not one per tensor)."""
+    flat, layout = pack(stats)
+    return unpack(flat.cpu().numpy(), layout)
+
+
+def singular_values(A: Tensor) -> Tensor:
+    """Singular values of a batch of matrices [..., F, D], descending, float64.
+
+    Computed as the square roots of the eigenvalues of the smaller Gram matrix (A A^T or A^T A) in float64:
+    one batched symmetric eigensolve instead of a batched SVD (which is ~0.3 s per GPT-2-sized keyframe
+    on an H100). The Gram matrix squares the condition number, so values below ~1e-8 of the largest lose
+    relative precision (they add nothing visible to a spectrum or to the effective rank).
+    """
+    a = A.double()
+    g = a @ a.transpose(-1, -2) if a.shape[-2] <= a.shape[-1] else a.transpose(-1, -2) @ a
+    ev = torch.linalg.eigvalsh(g).clamp_min(0).sqrt()
+    return ev.flip(-1)

@@ -96,3 +96,32 @@ def naive_write_autograd(kp, v, gate, A, z, eps=1e-5):
         A_new = A_new + (k[:, None] * (gate[0, m] * (v[0, m] - vbar))[None, :])[None, None]
         z_new = z_new + (gamma * k)[None, None]
     return A_new, z_new
+
+
+def test_compiled_kernels_match_naive_and_eager_model():
+    """The torch.compile'd memory math (GPU fast paths, `record(fast="compile")`) equals the loops and the
+    eager functions to rounding; checked here with inductor's CPU code generation."""
+    from armt_viz.model.memory import EAGER_KERNELS, compiled_kernels
+    from armt_viz.testing import tiny_model
+
+    kn = compiled_kernels()
+    assert kn is compiled_kernels() and kn != EAGER_KERNELS
+    torch.manual_seed(0)
+    B, M, dmem, D = 2, 3, 8, 6
+    A, z = torch.randn(B, 1, 6 * dmem, D) * 0.1, torch.rand(B, 1, 6 * dmem)
+    kp, v, gate = torch.randn(B, M, dmem), torch.randn(B, M, D), torch.rand(B, M, 1)
+    res = kn.write_memory(kn.feature_map(kp, 1, 3, False), v, gate, A, z, first=False)
+    A_ref, z_ref = naive_write(kp, v, gate, A, z, first=False, heads=1, normalize=False, correction=True,
+                               use_denom=True, gamma_eps=True)
+    torch.testing.assert_close(res.assoc.double(), A_ref, **TOL)
+    torch.testing.assert_close(res.normalizer.double(), z_ref, **TOL)
+
+    model = tiny_model(seed=1).eval()
+    ids = torch.randint(0, model.vocab_size, (1, 5 * model.config.segment_size))
+    with torch.no_grad():
+        eager = [o.logits for o in model.stream([ids])]
+        with model.memory_kernels(kn):
+            outs = list(model.stream([ids]))
+    for e, o in zip(eager, outs):
+        torch.testing.assert_close(o.logits, e, rtol=1e-5, atol=1e-5)
+    assert model._slot.kernels is EAGER_KERNELS  # the context restores the eager math

@@ -132,3 +132,16 @@ def test_16bit_storage_is_really_16bit_and_decodes(model, tmp_path, dtype, bound
     assert raw.dtype.itemsize == 2
     got, want = ds["write_delta"].values.astype(np.float64), ref["write_delta"].values
     assert 0 < np.abs(got - want).max() / np.abs(want).max() <= bound
+
+
+def test_keyframe_spectrum_and_effective_rank_match_numpy_svd(model):
+    """Spectra come from the Gram matrix's eigenvalues (fast on a GPU); they must equal a float64 SVD."""
+    ids = torch.randint(0, model.vocab_size, (2, 9 * model.config.segment_size))
+    ds = av.record(model, ids, level="summary", keyframe_every=3, progress=False, spectrum_rank=5)
+    A = ds["keyframe_assoc"].values.astype(np.float64)  # [sample, keyframe, layer, F, D]
+    sv = np.linalg.svd(A, compute_uv=False)
+    np.testing.assert_allclose(ds["spectrum"].values, sv[..., :5], rtol=1e-5, atol=1e-6 * sv.max())
+    p = sv / sv.sum(-1, keepdims=True)
+    er = np.exp(-(p * np.log(np.where(p > 0, p, 1))).sum(-1))
+    np.testing.assert_allclose(ds["effective_rank"].values, er, rtol=1e-4)
+    assert ds.sizes["keyframe"] == 3 and (ds["effective_rank"].values > 1).all()
