@@ -15,6 +15,15 @@ import json
 import sys
 
 
+def _int_or_auto(v: str):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {v!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="armt-viz", description="Analysis and visualization of ARMT memory.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -32,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens", type=int, default=100_000)
     r.add_argument("--store", required=True, help="output zarr store path")
     r.add_argument("--level", default="summary", choices=["summary", "writes", "full"])
-    r.add_argument("--keyframe-every", type=int, default=64)
+    r.add_argument("--keyframe-every", type=_int_or_auto, default="auto",
+                   help="segments between (A, z) keyframes, or 'auto' (64 unless the memory is large)")
     r.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true")

@@ -85,8 +85,9 @@ def run_demo(tokens: int | None = None, trace_root: str = "runs", port: int = 50
         roles = ledger["role"].values
         gen_tokens = ledger["token"].values[roles == "answer"] - 1  # GEN predicts the answer's first token
         probes = [(0, int(t)) for t in gen_tokens if 0 <= t < n]
+        # keyframes every 64 segments (not "auto"): the dashboard rebuilds A from at most 64 segments of writes
         record(model, stream.input_ids[None, :], store=str(store), level="writes", probes=probes,
-               ledger=ledger, resume=bool(commit), storage_dtype="float16", progress=True,
+               ledger=ledger, keyframe_every=64, resume=bool(commit), storage_dtype="float16", progress=True,
                description=f"demo mutable-state stream, {n} tokens, seed {DEMO_SEED}", seed=DEMO_SEED)
     if no_serve:
         return 0

@@ -104,6 +104,14 @@ def main(argv=None):
                 for _ in fast_stream(m, ids, stepper):
                     pass
             rows.append((f"armt_viz CUDA-graph forward (rel err {err:.1e})", timeit(fast, sync), None))
+            cstepper = GraphedStepper(m, 1, compile_memory=True)
+            compiled = torch.cat([o.logits.clone() for o in fast_stream(m, ids, cstepper)], 1)
+            err = ((compiled.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
+
+            def fast_compiled():
+                for _ in fast_stream(m, ids, cstepper):
+                    pass
+            rows.append((f"  + compiled memory math (rel err {err:.1e})", timeit(fast_compiled, sync), None))
     for level in a.levels:
         if level == "full" and c["d"] > 256:
             continue

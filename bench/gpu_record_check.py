@@ -1,65 +1,119 @@
-"""On a GPU: graph-replayed recording equals the eager recorder, and how much faster it is.
+"""On a GPU: the fast paths equal the eager ones, and how much faster they are than the reference.
 
-    python -m bench.gpu_record_check [--config gpu-gpt2] [--tokens 16384]
+    python -m bench.gpu_record_check [--config gpu-gpt2] [--tokens 131072] [--dtypes float32 bfloat16]
+
+Exactness (float32, fresh model): graph recorder (`fast=True`) and graph + compiled memory math
+(`fast="compile"`) against the eager recorder, every variable; `fast_stream` with a reused stepper equals a
+fresh one. Speed: tokens/s of recording at levels summary and writes (bfloat16 storage, default keyframes),
+as ratios against the official-order reference measured in the same run, with bytes/token of each store.
 """
 
 import argparse
 import contextlib
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import armt_viz as av
+from armt_viz.model.fast import GraphedStepper, fast_stream
 from bench.bench_forward import CONFIGS, build
 from bench.official_order import OfficialOrderARMT
+
+
+def worst_rel(e, f) -> float:
+    worst = 0.0
+    for k in e.data_vars:
+        x, y = np.asarray(e[k].values, np.float64), np.asarray(f[k].values, np.float64)
+        assert x.shape == y.shape, (k, x.shape, y.shape)
+        ok = np.isfinite(x)
+        assert (ok == np.isfinite(y)).all(), k
+        if ok.any():
+            worst = max(worst, float(np.abs(x[ok] - y[ok]).max() / max(np.abs(x[ok]).max(), 1e-30)))
+    return worst
+
+
+def store_bytes(store: Path) -> int:
+    return sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and "_resume" not in f.parts)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="gpu-gpt2")
-    p.add_argument("--tokens", type=int, default=16384)
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--tokens", type=int, default=131072)
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16"])
+    p.add_argument("--paths", nargs="+", default=["eager", "graph", "compile"])
+    p.add_argument("--keyframe-every", default="auto", type=lambda v: v if v == "auto" else int(v))
+    p.add_argument("--growth", action="store_true", help="print how bf16 rounding differences grow over segments")
     p.add_argument("--skip-exactness", action="store_true")
     a = p.parse_args()
     c = CONFIGS[a.config]
     m = build(c, "cuda", torch.float32)
     ids = torch.randint(0, c["vocab"], (1, a.tokens + 100))  # + a partial segment for the eager tail
-    print(f"config={a.config} tokens={ids.shape[1]} {torch.cuda.get_device_name()}", flush=True)
-    # exactness (float32)
-    for level in (() if a.skip_exactness else ("summary", "writes")):
-        e = av.record(m, ids.cuda(), level=level, progress=False, fast=False, keyframe_every=8)
-        f = av.record(m, ids, level=level, progress=False, fast=True, keyframe_every=8)
-        worst = 0.0
-        for k in e.data_vars:
-            x, y = np.asarray(e[k].values, np.float64), np.asarray(f[k].values, np.float64)
-            assert x.shape == y.shape, (k, x.shape, y.shape)
-            ok = np.isfinite(x)
-            if ok.any():
-                worst = max(worst, float(np.abs(x[ok] - y[ok]).max() / max(np.abs(x[ok]).max(), 1e-30)))
-        print(f"level={level}: graph vs eager recorder, worst relative difference over all variables {worst:.2e}", flush=True)
+    print(f"config={a.config} tokens={a.tokens} {torch.cuda.get_device_name()} torch={torch.__version__}", flush=True)
+    if not a.skip_exactness:
+        x = ids[:, :8 * c["S"] + 100]
+        for level in ("summary", "writes"):
+            e = av.record(m, x.cuda(), level=level, progress=False, fast=False, keyframe_every=3)
+            for fast in (True, "compile"):
+                f = av.record(m, x, level=level, progress=False, fast=fast, keyframe_every=3)
+                print(f"level={level}: fast={fast!r} vs eager recorder, worst relative difference over all "
+                      f"variables {worst_rel(e, f):.2e}", flush=True)
+        with torch.no_grad():
+            xs = ids[:, :6 * c["S"]].cuda()
+            eager = torch.cat([o.logits for o in m.stream([xs])], 1)
+            for compile_memory in (False, True):
+                st = GraphedStepper(m, 1, compile_memory=compile_memory)
+                runs = [torch.cat([o.logits.clone() for o in fast_stream(m, xs, st)], 1) for _ in range(2)]
+                err = ((runs[0] - eager).abs().max() / eager.abs().max()).item()
+                print(f"fast_stream compile_memory={compile_memory}: rel err vs eager {err:.2e}; reused stepper "
+                      f"equal: {bool(torch.equal(runs[0], runs[1]))}", flush=True)
+    if a.growth:
+        growth(m, ids[:, :64 * c["S"]].cuda(), c["S"])
     for dtype in a.dtypes:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
         with amp:
             ref = OfficialOrderARMT(m)
             x = ids[:, :a.tokens].cuda()
             with torch.no_grad():
-                ref(x); torch.cuda.synchronize()
+                ref(x[:, :4 * c["S"]]); torch.cuda.synchronize()
                 t = time.perf_counter(); ref(x); torch.cuda.synchronize(); t_ref = time.perf_counter() - t
             print(f"[{dtype}] official-order reference: {a.tokens / t_ref:.0f} tok/s", flush=True)
             for level in ("summary", "writes"):
-                for fast in (False, True):
+                for path in a.paths:
+                    fast = {"eager": False, "graph": True, "compile": "compile"}[path]
+                    kw = dict(level=level, progress=False, fast=fast, storage_dtype="bfloat16",
+                              keyframe_every=a.keyframe_every)
+                    with tempfile.TemporaryDirectory() as d:  # warm-up: graph capture, compile
+                        av.record(m, x[:, :4 * c["S"]].cpu(), store=f"{d}/w.zarr", **kw)
                     with tempfile.TemporaryDirectory() as d:
-                        kw = dict(store=f"{d}/t.zarr", level=level, progress=False, fast=fast, storage_dtype="bfloat16")
-                        av.record(m, x if not fast else x.cpu(), **kw)
-                    with tempfile.TemporaryDirectory() as d:
-                        kw["store"] = f"{d}/t.zarr"
                         torch.cuda.synchronize(); t = time.perf_counter()
-                        av.record(m, x if not fast else x.cpu(), **kw)
+                        av.record(m, x if path == "eager" else x.cpu(), store=f"{d}/t.zarr", **kw)
                         torch.cuda.synchronize(); dt = time.perf_counter() - t
-                    print(f"[{dtype}] record level={level} {'graph' if fast else 'eager'}: {a.tokens / dt:.0f} tok/s, "
-                          f"{t_ref / dt:.2f}x reference", flush=True)
+                        bpt = store_bytes(Path(d) / "t.zarr") / a.tokens
+                        if path == "graph":
+                            per = {v.name: store_bytes(v) / a.tokens for v in (Path(d) / "t.zarr").iterdir() if v.is_dir()}
+                            top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
+                            print("    bytes/token by variable: " + ", ".join(f"{k} {v:.1f}" for k, v in top), flush=True)
+                    print(f"[{dtype}] record level={level} {path}: {a.tokens / dt:.0f} tok/s, {t_ref / dt:.2f}x "
+                          f"reference, {bpt:.1f} bytes/token (keyframe_every={a.keyframe_every})", flush=True)
+
+
+@torch.no_grad()
+def growth(m, x, S):
+    """Relative logit difference per segment: compiled vs eager graph (bf16 autocast), and eager bf16 vs
+    eager fp32 -- whether a difference at segment 64 is a bug or rounding amplified by the dynamics."""
+    segs = [0, 1, 3, 7, 15, 31, 63]
+    fp32 = [o.logits.float().clone() for o in fast_stream(m, x, GraphedStepper(m, 1))]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = [o.logits.float().clone() for o in fast_stream(m, x, GraphedStepper(m, 1))]
+        comp = [o.logits.float().clone() for o in fast_stream(m, x, GraphedStepper(m, 1, compile_memory=True))]
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    print("segment:                       " + " ".join(f"{s:>8d}" for s in segs))
+    print("bf16 compiled vs bf16 eager:   " + " ".join(f"{rel(comp[s], eager[s]):8.1e}" for s in segs))
+    print("bf16 eager vs fp32 eager:      " + " ".join(f"{rel(eager[s], fp32[s]):8.1e}" for s in segs), flush=True)
 
 
 if __name__ == "__main__":

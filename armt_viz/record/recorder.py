@@ -32,7 +32,7 @@ from .fast_record import graph_record_eligible, run_graphed
 from .flusher import BackgroundFlusher
 from .stats import SUMMARY_STATS, segment_statistics, singular_values, to_host
 
-__all__ = ["record", "RecordInput"]
+__all__ = ["record", "RecordInput", "auto_keyframe_every"]
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
 
@@ -121,7 +121,7 @@ def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, desc
     }
 
 
-def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int = 64,
+def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int | str = "auto",
            probes=None, resume: bool = False, *, chunk_segments: int | None = None, storage_dtype: str = "float32",
            ledger: xr.Dataset | None = None, progress: bool = True, description: str | None = None, seed=None,
            spectrum_rank: int = 16, initial_state: MemoryState | None = None,
@@ -133,7 +133,10 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
             consumed lazily), or a task object with `.input_ids` and `.ledger`.
         store: zarr path; None records into a temporary store and returns the loaded Dataset.
         level: "summary" | "writes" | "full".
-        keyframe_every: segments between stored (A, z) keyframes.
+        keyframe_every: segments between stored (A, z) keyframes; "auto" (the default) is 64, or, for a
+            memory so large that keyframes every 64 segments would cost more than 64 bytes/token, the
+            smallest power of two that keeps them within 16 bytes/token, at most 2048 (GPT-2 137M,
+            segment 512: 2048).
         probes: [(sample, token_index), ...] whose read query/out/denominator are kept per layer.
         resume: continue a killed recording from its last committed chunk (same inputs and settings).
         storage_dtype: dtype of write events on disk ("float32" exact; "float16"/"bfloat16" half the bytes).
@@ -149,8 +152,10 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         raise TypeError(f"record: model must be an armt_viz.ARMTModel, got {type(model).__name__}")
     if fast not in (True, False, "compile"):
         raise ValueError(f"record: fast must be True, False or 'compile', got {fast!r}")
+    if keyframe_every == "auto":
+        keyframe_every = auto_keyframe_every(model)
     rc = RecordConfig(level=level, keyframe_every=keyframe_every,
-                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
+                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype, keyframe_every),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
     if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
@@ -179,12 +184,29 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
-    """Segments per chunk/commit: about 4 MB of data per chunk, between 16 and 512 segments.
+def _keyframe_bytes(model: ARMTModel) -> int:
+    cfg = model.config
+    return 4 * model.n_layers * cfg.d_key * (model.d_model + 1)  # (A, z) of every layer, float32
+
+
+def auto_keyframe_every(model: ARMTModel) -> int:
+    """64 segments between keyframes, unless that costs more than 64 bytes/token; then the smallest power
+    of two that keeps keyframes within 16 bytes/token, at most 2048 (so rebuilding A from the nearest
+    keyframe stays cheap). The bytes of a summary trace are otherwise almost all keyframes: 430
+    bytes/token for GPT-2 137M at 64."""
+    per_token = _keyframe_bytes(model) / model.config.segment_size
+    if per_token / 64 <= 64:
+        return 64
+    return int(min(2048, 2 ** math.ceil(math.log2(per_token / 16))))
+
+
+def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str, keyframe_every: int = 64) -> int:
+    """Segments per chunk/commit: about 4 MB of data per chunk (keyframes included), between 16 and 512
+    segments.
 
     Bigger chunks amortise zarr's per-append cost; smaller ones lose less on a crash."""
     cfg, L, d = model.config, model.n_layers, model.d_model
-    b = 4 * L * 12 + 4 * cfg.segment_size
+    b = 4 * L * 12 + 4 * cfg.segment_size + _keyframe_bytes(model) / max(keyframe_every, 1)
     item = 2 if storage_dtype != "float32" else 4
     if level in ("writes", "full"):
         b += L * cfg.num_mem_tokens * (item * (cfg.d_mem + d) + 12)

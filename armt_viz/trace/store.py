@@ -211,7 +211,6 @@ class TraceWriter:
 
     # ------------------------------------------------------------------ arrays
     def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
-        from zarr.codecs import ZstdCodec
         var = SCHEMA.get(name)
         chunks = []
         for d, s in zip(dims, shape):
@@ -228,7 +227,7 @@ class TraceWriter:
             fill = np.nan if np.dtype(dtype).kind == "f" else (-1 if np.dtype(dtype).kind == "i" else 0)
         return self.group.create_array(
             name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
-            attributes=attrs, compressors=[ZstdCodec(level=3)], fill_value=fill,
+            attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill,
         )
 
     def _array(self, name, dims, row_shape, dtype):
@@ -304,3 +303,12 @@ class TraceWriter:
                         f.unlink()
                     except FileNotFoundError:
                         pass
+
+
+def _compressor(dtype):
+    """Blosc-zstd with byte shuffle: the high (sign/exponent) bytes of neighbouring values sit together
+    and compress well, the near-random mantissa bytes do not drag them down. On 16-bit write events
+    this stores ~0.70 of the raw bytes where plain zstd stored ~0.80 (bench/RESULTS.md)."""
+    from zarr.codecs import BloscCodec
+    item = np.dtype(dtype).itemsize if np.dtype(dtype).kind not in "OUS" else 1
+    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle" if item > 1 else "noshuffle", typesize=item)
