@@ -111,9 +111,24 @@ def growth(m, x, S):
         eager = [o.logits.float().clone() for o in fast_stream(m, x, GraphedStepper(m, 1))]
         comp = [o.logits.float().clone() for o in fast_stream(m, x, GraphedStepper(m, 1, compile_memory=True))]
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
-    print("segment:                       " + " ".join(f"{s:>8d}" for s in segs))
-    print("bf16 compiled vs bf16 eager:   " + " ".join(f"{rel(comp[s], eager[s]):8.1e}" for s in segs))
-    print("bf16 eager vs fp32 eager:      " + " ".join(f"{rel(eager[s], fp32[s]):8.1e}" for s in segs), flush=True)
+    # one step from the same (eager bf16) memory: the per-step difference the tolerance is about
+    from armt_viz.model.memory import compiled_kernels
+    step = []
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        states = [None] + [o.state.detach() for o in m.stream([x])]
+        for s in segs:
+            seg = x[:, s * S:(s + 1) * S]
+            st = states[s]
+            if st is not None:
+                st = type(st)(tuple(a.clone() for a in st.assoc), tuple(z.clone() for z in st.normalizer), st.segments)
+            e = m.step(seg, st, explicit_mask=False).logits.float()
+            with m.memory_kernels(compiled_kernels()):
+                f = m.step(seg, st, explicit_mask=False).logits.float()
+            step.append(rel(f, e))
+    print("segment:                              " + " ".join(f"{s:>8d}" for s in segs))
+    print("bf16 compiled vs eager, whole stream: " + " ".join(f"{rel(comp[s], eager[s]):8.1e}" for s in segs))
+    print("bf16 eager vs fp32 eager, stream:     " + " ".join(f"{rel(eager[s], fp32[s]):8.1e}" for s in segs))
+    print("bf16 compiled vs eager, one step:     " + " ".join(f"{v:8.1e}" for v in step), flush=True)
 
 
 if __name__ == "__main__":

@@ -201,8 +201,8 @@ def auto_keyframe_every(model: ARMTModel) -> int:
 
 
 def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str, keyframe_every: int = 64) -> int:
-    """Segments per chunk/commit: about 4 MB of data per chunk (keyframes included), between 16 and 512
-    segments.
+    """Segments per chunk/commit: about 4 MB of data per chunk (keyframes included) and at least the size
+    of the resume state saved with each commit, between 16 and 512 segments.
 
     Bigger chunks amortise zarr's per-append cost; smaller ones lose less on a crash."""
     cfg, L, d = model.config, model.n_layers, model.d_model
@@ -212,8 +212,10 @@ def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str, keyframe_every
         b += L * cfg.num_mem_tokens * (item * (cfg.d_mem + d) + 12)
     if level == "full":
         b += L * (4 * cfg.d_key * (d + 1) + item * cfg.num_mem_tokens * d)
-    n = int(4e6 // max(b, 1))
-    return int(min(512, max(16, 2 ** int(np.log2(max(n, 1))))))
+    n = 2 ** int(np.log2(max(int(4e6 // max(b, 1)), 1)))
+    # each commit also saves the memory state for resume: keep that below the chunk's own data
+    n = max(n, 2 ** math.ceil(math.log2(max(_keyframe_bytes(model) / b, 1))))
+    return int(min(512, max(16, n)))
 
 
 class _Recording:
