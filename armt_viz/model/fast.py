@@ -113,10 +113,13 @@ class GraphedStepper:
 
 
 @torch.no_grad()
-def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper: GraphedStepper | None = None):
+def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper: GraphedStepper | None = None, *,
+                compile_memory: bool = False):
     """Like `model.stream([ids])` but full segments replay a CUDA graph. Yields SegmentOutputs whose
-    logits/state are views of static buffers, valid until the next segment (copy what you keep)."""
-    stepper = stepper or GraphedStepper(model, ids.shape[0])
+    logits/state are views of static buffers, valid until the next segment (copy what you keep).
+    A stepper can be reused across calls (each call starts from a fresh memory); `compile_memory`
+    applies when no stepper is given (see GraphedStepper)."""
+    stepper = stepper or GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
     S = model.config.segment_size
     n_full = ids.shape[1] // S
     state = None
