@@ -78,7 +78,7 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
                     kf_rows.append(rec._keyframe_row(state, seg_index))
                 seg_index += 1
                 bar.update(1)
-                if seg_index % rc.chunk_segments == 0:
+                if seg_index % rc.chunk_segments == 0 or len(host_tokens) == rc.chunk_segments:
                     _hand_over(rec, ring, pinned[which], host_tokens, seg_index, layout, kf_rows, _snapshot(state))
                     which ^= 1
                     host_tokens, kf_rows = [], []
