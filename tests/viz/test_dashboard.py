@@ -12,7 +12,9 @@ pn = pytest.importorskip("panel")
 
 from armt_viz.viz.dashboard import build_app  # noqa: E402
 from armt_viz.viz.dashboard.store import NO_FACT, TraceStore  # noqa: E402
-from armt_viz.viz.dashboard.views import merge_relayout, x_axis_request  # noqa: E402
+from armt_viz.viz.dashboard.views import FactView, merge_relayout, x_axis_request  # noqa: E402
+from armt_viz.viz import data as D  # noqa: E402
+from synthetic import make_trace, stack_samples, write_store  # noqa: E402
 
 
 def _title(view) -> str:
@@ -92,6 +94,19 @@ def test_the_same_reset_twice_is_applied_twice(app):
     st.x_range = (5.0, 25.0)  # zoomed again by a message the pane did not see
     tl.pane.relayout_data = {"xaxis.autorange": True}
     assert st.x_range is None
+
+
+def test_fact_view_follows_the_sample(tmp_path):
+    # Given a two-sample trace whose sample 1 is another stream
+    other = make_trace(level="writes", seed=5)
+    write_store(stack_samples(make_trace(level="writes"), other), tmp_path / "two.zarr")
+    st = TraceStore(trace_root=str(tmp_path), trace="two.zarr")
+    view = FactView(store=st)
+    # When sample 1 is selected, Then the lifecycle shows that stream's recalls of the fact, and only those
+    st.param.update(fact=2, sample=1)
+    probes = D.probe_frame(other, D.ledger_frame(other))
+    drawn = sorted(x for t in view.pane.object.data if (t.name or "").startswith("recall ") for x in t.x)
+    assert drawn == sorted(probes.loc[probes["fact_id"] == 2, "segment"])
 
 
 @pytest.mark.parametrize("name", ["../outside/secret.zarr", "link_out.zarr", "linked_dir/secret.zarr", "/etc"])

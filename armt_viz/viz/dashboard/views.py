@@ -233,9 +233,8 @@ class FactView(TraceView):
         if ledger is None or st.fact == NO_FACT:
             return message_figure("Fact lifecycle", "This trace has no task ledger: record a task stream "
                                   "(armt_viz.tasks) to follow facts.")
-        probes = loaders.load_probes(st.path, st.stamp)
-        recalls = probes[probes["fact_id"] == st.fact]
-        key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls)
+        recalls = _data.fact_recalls(loaders.load_probes(st.path, st.stamp), st.fact, st.sample)
+        key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls, st.sample)
         ready = loaders.attribution_async(key, self._attribution_ready(key))
         if ready is None:
             n = min(self.max_recalls, len(recalls))
@@ -254,7 +253,7 @@ class FactView(TraceView):
 
         def done():
             st = self.store
-            if doc is not None and key == (st.path, st.stamp, st.fact, st.layer, self.max_recalls):
+            if doc is not None and key == (st.path, st.stamp, st.fact, st.layer, self.max_recalls, st.sample):
                 doc.add_next_tick_callback(self._redraw)
         return done
 
