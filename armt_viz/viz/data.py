@@ -8,9 +8,9 @@ Trace layout used (``armt_viz.trace.schema``): per ``(sample, segment, layer)`` 
 ``tokens`` ``(sample, segment, position)``, write events at level ``writes``, probes along ``probe``, and the
 task ledger as ``ledger_<name>`` variables along ``event`` (``armt_viz.tasks.ledger``).
 
-Recall outcome of a probe (``probe_frame``), the classes of ``armt_viz.analysis.answer_status`` computed in
-one vectorised pass (``answer_status`` loops in Python: about a minute on 50k probes). The probe's greedy
-prediction is compared with the true next token of the stream, ``tokens[probe_token + 1]``:
+Recall outcome of a probe (``probe_frame``), the classes of ``armt_viz.analysis.answer_status`` computed from
+the recorded token stream instead of the ledger's spelling of values (the two agree; a test checks it). The
+probe's greedy prediction is compared with the true next token of the stream, ``tokens[probe_token + 1]``:
 
     correct  prediction == next token
     stale    otherwise, and prediction == the first value token of a version of the queried fact that was
