@@ -42,6 +42,7 @@ def test_page_is_offline_and_clean(loaded, artifacts_dir):
     assert rec.external == [], f"requests leaving the machine: {rec.external}"
     assert rec.errors == [], f"console errors: {rec.errors}"
     assert any(u.endswith(".js") or ".js?" in u for u in rec.requests)  # scripts came from the app itself
+    assert any("plotly_same_size.js" in u for u in rec.requests)  # viz/dashboard/resources.py
 
 
 def test_four_labelled_controls(loaded):
@@ -63,6 +64,24 @@ def test_moving_segment_changes_the_figures(loaded):
     handle.focus()
     handle.press("ArrowRight")
     expect(page.locator(".gtitle", has_text="Association matrix · segment 8")).to_have_count(1)
+    assert rec.errors == []
+
+
+def test_same_size_relayouts_are_skipped(loaded):
+    # Panel resizes each plot after every layout pass; one that keeps the size must not redraw the figure
+    page, rec = loaded
+    counts = page.locator(".js-plotly-plot").nth(1).evaluate("""async gd => {
+        const w = gd._fullLayout.width, h = gd._fullLayout.height;
+        await window.Plotly.relayout(gd, {width: w, height: h});       // pin the size (a new figure has none)
+        let n = 0;
+        gd.on('plotly_relayout', () => { n += 1; });
+        await window.Plotly.relayout(gd, {width: w, height: h});       // the size it has: skipped
+        const skipped = n;
+        await window.Plotly.relayout(gd, {width: w - 10, height: h});  // another size: applied
+        await window.Plotly.relayout(gd, {width: w, height: h});       // and back: applied
+        return [skipped, n];
+    }""")
+    assert counts == [0, 2]
     assert rec.errors == []
 
 
