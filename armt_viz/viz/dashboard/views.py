@@ -79,7 +79,8 @@ class RelayoutPlotly(pn.pane.Plotly):
     only the last value of each property. ``relayout_data`` is a delta, and plotly sends ``{"autosize": True}``
     about 100 ms after every render (``Plots.resize``): a zoom or a double-click reset that came just before it was
     replaced by it and never reached the view (the flaky zoom-reset browser test). Here a change that arrives
-    while an earlier one is pending is merged with it (``merge_relayout``).
+    while an earlier one is pending is merged with it (``merge_relayout``). ``_server_change`` and ``_events`` are
+    Panel internals (Panel's own ``Tabs`` overrides the same hook); tests/ui's zoom test fails if they change.
     """
 
     def _server_change(self, doc, ref, subpath, attr, old, new) -> None:
