@@ -24,9 +24,10 @@ import pandas as pd
 import xarray as xr
 
 from ..tasks.ledger import NO_VALUE, ROLES, VERSION_ROLES
+from ..tasks.stream import NONE as STREAM_NONE
 from ._common import as_numpy, json_attr
 
-__all__ = ["ledger_of", "Facts", "facts_of", "STATUS", "answer_tokens"]
+__all__ = ["ledger_of", "Facts", "facts_of", "STATUS", "answer_spelling", "answer_digit", "answer_tokens"]
 
 STATUS = ("current", "stale", "other")  # status codes 0, 1, 2 of a write relative to a queried fact
 _CURRENT, _STALE, _OTHER = 0, 1, 2
@@ -270,21 +271,41 @@ def facts_of(ledger: xr.Dataset) -> Facts:
     )
 
 
-def answer_tokens(values: np.ndarray, ledger: xr.Dataset, length: int | None = None) -> np.ndarray:
-    """Token ids [n, length] that spell each value code as the task writes answers.
+def answer_spelling(ledger: xr.Dataset) -> tuple[int | None, int]:
+    """``(value_size, none)``: how the ledger's task spells an answer, read from the ledger attrs.
 
-    AR and stream (`params.value_size` known): little-endian base-16 digits, and V copies of the NONE token for
-    an absent value (-1). Otherwise (bAbI, or no params): one token, the value itself (-1 stays -1).
+    value_size: digits per value (AR and stream: ``params.value_size``); None when the task does not say (bAbI:
+    the answer token is the value itself). none: the token of an absent value, ``special_tokens["NONE"]``;
+    ``NO_VALUE`` (matches no token) for a task without one (AR, bAbI). When the attrs carry no special tokens at all
+    (a trace that kept the ledger's variables but not its attrs), the mutable-state stream's NONE: the stream is
+    the only task whose answers can be absent.
     """
-    values = np.asarray(values, dtype=np.int64)
     params = json_attr(ledger.attrs, "params", {}) or {}
-    special = json_attr(ledger.attrs, "special_tokens", {}) or {}
+    special = json_attr(ledger.attrs, "special_tokens", None)
     size = params.get("value_size") if isinstance(params, dict) else None
+    none = int(special.get("NONE", NO_VALUE)) if isinstance(special, dict) else STREAM_NONE
+    return (None if size is None else int(size)), none
+
+
+def answer_digit(values: np.ndarray, j: np.ndarray, size: int | None, none: int) -> np.ndarray:
+    """Token ``j`` of the answer that spells each value code (broadcast over ``values`` and ``j``).
+
+    With ``size`` digits: the little-endian base-16 digit j, ``(value // 16**j) % 16``; with ``size=None``: the
+    value itself (one-token answers). An absent value (code < 0) is spelled ``none`` at every position.
+    """
+    values, j = np.asarray(values, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    token = values if size is None else (np.maximum(values, 0) // 16 ** j) % 16
+    return np.where(values < 0, none, token)
+
+
+def answer_tokens(values: np.ndarray, ledger: xr.Dataset, length: int | None = None) -> np.ndarray:
+    """Token ids [n, length] that spell each value code as the task writes answers (see ``answer_spelling``).
+
+    AR and stream (`params.value_size` known, or an answer ``length`` > 1): little-endian base-16 digits, and V
+    copies of the NONE token for an absent value (-1). Otherwise (bAbI): one token, the value itself.
+    """
+    size, none = answer_spelling(ledger)
     if size is None and (length or 1) > 1:
         size = length
-    if size is None:
-        return values[:, None].copy()
-    digits = (np.maximum(values, 0)[:, None] // 16 ** np.arange(int(size), dtype=np.int64)) % 16
-    none = int(special.get("NONE", NO_VALUE)) if isinstance(special, dict) else NO_VALUE
-    digits[values < 0] = none
-    return digits
+    values = np.asarray(values, dtype=np.int64)
+    return answer_digit(values[:, None], np.arange(size or 1)[None, :], size, none)

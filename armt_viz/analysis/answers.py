@@ -4,27 +4,35 @@ Two sources of answers:
 
 * `source="probe"`: the greedy next-token prediction `probe_prediction` recorded at probes that sit on a query.
   A probe at stream token p predicts token p+1; when p+1 is the j-th token of the query's answer, the
-  prediction is compared with the j-th token of each candidate value (AR/stream: base-16 digit j, or NONE for an
-  absent value; bAbI: the value token itself).
+  prediction is compared with the j-th token of each candidate value as the task spells it (`_ledger.answer_digit`:
+  AR/stream: base-16 digit j, and the NONE token at every position for an absent value; bAbI: the value token
+  itself). The NONE token comes from the ledger attrs (`special_tokens`); a trace that kept the ledger variables
+  but not their attrs gets the stream's NONE (`_ledger.answer_spelling`).
 * `source="key_probe"`: the decoded answers `key_probe_answer` that `armt_viz.record.probe_keys` appends (one
   query per live key, replayed from the stored memory after segment `key_probe_segment`), compared as codes
   (-1 = the model answered NONE, -2 = a malformed answer).
 
 Classes, first match wins:
-    current   the value valid at the query (for an absent value: NONE);
+    current   the value valid at the query; for an absent value (never written, or deleted) that is NONE, so a
+              NONE answer to such a query is current;
     stale     a value an earlier, superseded version of the same fact held (a deleted version counts as NONE);
-    other     a value some other fact of the same sample held before the query;
+    other     a value some other fact of the same sample held before the query (a written value, never NONE);
     wrong     anything else (a value never written, a malformed answer);
     n/a       the probe does not predict an answer token.
+
+The probe path is vectorised over probes: "stale" asks whether the oldest version of the fact that spells the
+answer token at position j is older than the version asked; "other" whether the earliest version of another fact
+that spells it was written before the query (the two earliest facts per spelled token suffice).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ._common import as_numpy, check_trace, named, per_run
-from ._ledger import Facts, answer_tokens, facts_of, ledger_of
+from ._ledger import Facts, answer_digit, answer_spelling, facts_of, ledger_of
 
 __all__ = ["ANSWER_CLASSES", "answer_status"]
 
@@ -72,23 +80,62 @@ def _probe_status(ds, facts: Facts, led) -> xr.DataArray:
     sample = as_numpy(ds["probe_sample"]).astype(np.int64)
     token = as_numpy(ds["probe_token"]).astype(np.int64)
     pred = as_numpy(ds["probe_prediction"]).astype(np.int64)
-    q = facts.match_probes(sample, token)
     out = np.full(len(sample), "n/a", dtype=object)
-    for p in np.flatnonzero(q >= 0):
-        i = q[p]
-        j = token[p] + 1 - facts.query_answer_token[i]
-        length = int(facts.query_answer_len[i])
-        if facts.query_answer_token[i] < 0 or not 0 <= j < length:
-            continue
-        fact, version = int(facts.query_fact[i]), int(facts.query_version[i])
-        stale, other = _candidates(facts, int(sample[p]), fact, version, int(facts.query_token[i]))
-        spell = lambda values: set(answer_tokens(np.array(sorted(values), dtype=np.int64), led, length)[:, j].tolist()) \
-            if values else set()  # noqa: E731
-        current = int(answer_tokens(np.array([facts.query_expected[i]]), led, length)[0, j])
-        out[p] = _classify(int(pred[p]), current, spell(stale), spell(other))
+    q = facts.match_probes(sample, token)
+    p = np.flatnonzero(q >= 0)
+    i = q[p]
+    j = token[p] + 1 - facts.query_answer_token[i]  # position in the answer of the token the probe predicts
+    length = facts.query_answer_len[i]
+    on_answer = (facts.query_answer_token[i] >= 0) & (j >= 0) & (j < length)
+    p, i, j, length = p[on_answer], i[on_answer], j[on_answer], length[on_answer]
+    size, none = answer_spelling(led)
+    for n in np.unique(length):  # without a known value_size the answer's length is the number of digits
+        g = length == n
+        out[p[g]] = _answer_classes(facts, i[g], j[g], pred[p[g]], size if size is not None or n <= 1 else int(n),
+                                    none)
     da = xr.DataArray(out, dims=("probe",), coords={"probe": np.arange(len(out))})
     return named(da, "answer_status", "class of the probe's predicted answer token", "1",
                  classes=list(ANSWER_CLASSES))
+
+
+def _answer_classes(facts: Facts, i: np.ndarray, j: np.ndarray, answer: np.ndarray, size: int | None,
+                    none: int) -> np.ndarray:
+    """Class of each answer token (token ``j`` of the answer to query ``i``), by the module docstring's rules."""
+    current = answer_digit(facts.query_expected[i], j, size, none)
+    spelled = _spelled_versions(facts, size, none)
+    key = [facts.query_sample[i], facts.query_fact[i], j, answer]
+    oldest = spelled.groupby(["sample", "fact", "j", "token"])["version"].min()
+    oldest = oldest.reindex(pd.MultiIndex.from_arrays(key)).to_numpy(dtype=float)
+    stale = np.nan_to_num(oldest, nan=np.inf) < facts.query_version[i]
+    other_from = _other_fact_since(spelled[spelled["value"] >= 0], facts.query_sample[i], facts.query_fact[i], j,
+                                   answer)
+    other = other_from < facts.query_token[i]
+    return np.select([answer == current, stale, other], ["current", "stale", "other"], "wrong").astype(object)
+
+
+def _spelled_versions(facts: Facts, size: int | None, none: int) -> pd.DataFrame:
+    """One row per (fact version, answer position j): sample, fact, version, value, written (token), j and the
+    token that spells the version's value at j."""
+    n = len(facts.ver_value)
+    j = np.repeat(np.arange(size or 1), n)
+    v = np.tile(np.arange(n), size or 1)
+    return pd.DataFrame({"sample": facts.ver_sample[v], "fact": facts.ver_fact[v], "version": facts.ver_version[v],
+                         "value": facts.ver_value[v], "written": facts.ver_token[v], "j": j,
+                         "token": answer_digit(facts.ver_value[v], j, size, none)})
+
+
+def _other_fact_since(spelled: pd.DataFrame, sample, fact, j, answer) -> np.ndarray:
+    """Per answer: the first stream token at which a fact other than ``fact`` (same sample) held a value whose
+    token at position ``j`` is ``answer`` (inf if none). The two earliest facts per spelled token suffice."""
+    by = ["sample", "j", "token"]
+    first = spelled.groupby([*by, "fact"], as_index=False)["written"].min().sort_values("written", kind="stable")
+    first = first.groupby(by).head(2)
+    rank = first.groupby(by).cumcount().to_numpy()
+    key = pd.MultiIndex.from_arrays([sample, j, answer])
+    one, two = (first[rank == r].set_index(by).reindex(key) for r in (0, 1))
+    since = np.where(one["fact"].to_numpy(dtype=float) != fact, one["written"].to_numpy(dtype=float),
+                     two["written"].to_numpy(dtype=float))
+    return np.nan_to_num(since, nan=np.inf)
 
 
 def _key_probe_status(ds, facts: Facts) -> xr.DataArray:

@@ -8,9 +8,9 @@ Trace layout used (``armt_viz.trace.schema``): per ``(sample, segment, layer)`` 
 ``tokens`` ``(sample, segment, position)``, write events at level ``writes``, probes along ``probe``, and the
 task ledger as ``ledger_<name>`` variables along ``event`` (``armt_viz.tasks.ledger``).
 
-Recall outcome of a probe (``probe_frame``), the classes of ``armt_viz.analysis.answer_status`` computed in
-one vectorised pass (``answer_status`` loops in Python: about a minute on 50k probes). The probe's greedy
-prediction is compared with the true next token of the stream, ``tokens[probe_token + 1]``:
+Recall outcome of a probe (``probe_frame``), the classes of ``armt_viz.analysis.answer_status`` computed from
+the recorded token stream instead of the ledger's spelling of values (the two agree; a test checks it). The
+probe's greedy prediction is compared with the true next token of the stream, ``tokens[probe_token + 1]``:
 
     correct  prediction == next token
     stale    otherwise, and prediction == the first value token of a version of the queried fact that was
@@ -33,7 +33,7 @@ import xarray as xr
 __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
-    "fact_events", "token_stream",
+    "fact_events", "fact_recalls", "token_stream",
     "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series",
 ]
 
@@ -159,6 +159,12 @@ def fact_events(ledger: pd.DataFrame | None, fact: int, sample: int = 0) -> pd.D
     kind[_overwrites(rows)] = "overwrite"
     rows["event"] = kind
     return rows.reset_index(drop=True)
+
+
+def fact_recalls(probes: pd.DataFrame, fact: int, sample: int = 0) -> pd.DataFrame:
+    """The ``probe_frame`` rows of one fact's recalls in one sample (fact ids are per sample: each sample of a
+    multi-sample trace is its own stream with its own ledger)."""
+    return probes[(probes["fact_id"] == fact) & (probes["sample"] == sample)]
 
 
 def _overwrites(rows: pd.DataFrame) -> np.ndarray:

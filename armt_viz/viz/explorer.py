@@ -81,7 +81,7 @@ class Explorer:
         return _data.series(self.ds, name, layer, self.sample)
 
     def _load_attribution(self, fact: int, layer: int):
-        recalls = self.probes[self.probes["fact_id"] == fact]
+        recalls = _data.fact_recalls(self.probes, fact, self.sample)
         return _data.recall_attribution(self.ds, recalls, layer)
 
     # ------------------------------------------------------------------ figures
@@ -112,7 +112,7 @@ class Explorer:
                 return message_figure("Fact lifecycle", "This trace has no task ledger.")
             attribution, message = self._attribution(fact, layer)
             return fact_lifecycle_figure(_data.fact_events(self.ledger, fact, self.sample),
-                                         self.probes[self.probes["fact_id"] == fact], fact=fact,
+                                         _data.fact_recalls(self.probes, fact, self.sample), fact=fact,
                                          n_segments=_data.n_segments(ds), attribution=attribution, message=message,
                                          segment=segment, segment_size=segment_size(ds))
         if name == "stale":

@@ -103,16 +103,17 @@ def write_events(ds: xr.Dataset, segment: int, layer: int, *, sample: int = 0) -
     return write_events_figure(writes, segment=segment, layer=layer)
 
 
-def fact_lifecycle(ds: xr.Dataset, fact: int, layer: int = 0, *, segment: int | None = None,
+def fact_lifecycle(ds: xr.Dataset, fact: int, layer: int = 0, *, sample: int = 0, segment: int | None = None,
                    max_recalls: int = 24) -> go.Figure:
-    """One fact's writes, overwrites, recalls and the attribution of its recalls (current/stale/other)."""
+    """One fact's writes, overwrites, recalls and the attribution of its recalls (current/stale/other), in
+    ``sample`` (each sample has its own stream and ledger)."""
     ledger = _data.ledger_frame(ds)
     if ledger is None:
         return message_figure(f"Fact {fact} · lifecycle", "This trace has no task ledger (record a task stream).")
     probes = _data.probe_frame(ds, ledger)
-    recalls = probes[probes["fact_id"] == fact]
+    recalls = _data.fact_recalls(probes, fact, sample)
     attribution, message = _data.recall_attribution(ds, recalls, layer, max_recalls)
-    return fact_lifecycle_figure(_data.fact_events(ledger, fact), recalls, fact=fact,
+    return fact_lifecycle_figure(_data.fact_events(ledger, fact, sample), recalls, fact=fact,
                                  n_segments=_data.n_segments(ds), attribution=attribution, message=message,
                                  segment=segment, segment_size=segment_size(ds))
 

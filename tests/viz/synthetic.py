@@ -159,6 +159,29 @@ def make_trace(*, n_segments: int = 48, n_layers: int = 2, n_mem: int = 4, key_d
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
+def stack_samples(*traces: xr.Dataset) -> xr.Dataset:
+    """``traces`` (same sizes, one sample each) as samples 0, 1, ... of one trace: per-sample variables stacked
+    along ``sample``, ledger events and probes appended, with ``ledger_sample`` and ``probe_sample`` renumbered."""
+    first = traces[0]
+    along = {dim: [n for n in [*first.data_vars, *first.coords] if dim in first[n].dims and "sample" not in
+                   first[n].dims] for dim in ("event", "probe")}
+    per_sample = [n for n in first.data_vars if "sample" in first[n].dims]
+    parts = []
+    for i, ds in enumerate(traces):
+        ds = ds.copy()
+        if "ledger_sample" in ds:
+            ds["ledger_sample"] = ds["ledger_sample"].copy(data=np.full(ds.sizes["event"], i, ds["ledger_sample"].dtype))
+        if "probe_sample" in ds.coords:
+            ds = ds.assign_coords(probe_sample=ds["probe_sample"].copy(data=np.full(ds.sizes["probe"], i, np.int64)))
+        parts.append(ds)
+    out = xr.concat([p[per_sample] for p in parts], dim="sample", coords="minimal", compat="override")
+    for dim, names in along.items():
+        if names:
+            out = out.merge(xr.concat([p[names] for p in parts], dim=dim, coords="minimal", compat="override"))
+    out.attrs = dict(first.attrs)
+    return out
+
+
 def write_store(ds: xr.Dataset, path: str | Path, *, chunk_segments: int = 16) -> Path:
     """Write ``ds`` as a committed zarr v3 trace store (the commit marker ``open_trace`` reads)."""
     path = Path(path)

@@ -12,6 +12,9 @@ pn = pytest.importorskip("panel")
 
 from armt_viz.viz.dashboard import build_app  # noqa: E402
 from armt_viz.viz.dashboard.store import NO_FACT, TraceStore  # noqa: E402
+from armt_viz.viz.dashboard.views import FactView, merge_relayout, x_axis_request  # noqa: E402
+from armt_viz.viz import data as D  # noqa: E402
+from synthetic import make_trace, stack_samples, write_store  # noqa: E402
 
 
 def _title(view) -> str:
@@ -60,6 +63,50 @@ def test_timeline_zoom_and_click(app):
     assert st.x_range is None
     tl.pane.click_data = {"points": [{"x": 12.2, "y": 1.0}]}
     assert st.segment == 12
+
+
+def test_relayout_requests_are_read_in_order():
+    assert x_axis_request({"xaxis7.range": [10, 20]}) == (10.0, 20.0)
+    assert x_axis_request({"xaxis3.range[0]": 9.5, "xaxis3.range[1]": 30.5}) == (9.5, 30.5)
+    assert x_axis_request({"autosize": True, "width": 900}) is None
+    assert x_axis_request({"yaxis2.autorange": True}) is None  # a y reset keeps the segment range
+    assert x_axis_request(merge_relayout({"xaxis7.autorange": True}, {"autosize": True})) == "autorange"
+    assert x_axis_request(merge_relayout({"xaxis7.range": [10, 20]}, {"xaxis7.autorange": True})) == "autorange"
+    zoom_after_reset = merge_relayout({"xaxis.autorange": True}, {"xaxis.range[0]": 1, "xaxis.range[1]": 9})
+    assert x_axis_request(zoom_after_reset) == (1.0, 9.0)
+
+
+def test_a_pending_relayout_is_merged_not_replaced(app):
+    # Given a reset waiting in Panel's debounce window, When plotly's resize relayout arrives before it is handled
+    pane = app.views["timeline"].pane
+    pane._events = {"relayout_data": {"xaxis7.autorange": True}}
+    try:
+        pane._server_change(None, "ref", None, "relayout_data", {}, {"autosize": True})
+        # Then the pending change still asks for the reset
+        assert x_axis_request(pane._events["relayout_data"]) == "autorange"
+    finally:
+        pane._events = {}
+
+
+def test_the_same_reset_twice_is_applied_twice(app):
+    st, tl = app.store, app.views["timeline"]
+    tl.pane.relayout_data = {"xaxis.autorange": True}
+    st.x_range = (5.0, 25.0)  # zoomed again by a message the pane did not see
+    tl.pane.relayout_data = {"xaxis.autorange": True}
+    assert st.x_range is None
+
+
+def test_fact_view_follows_the_sample(tmp_path):
+    # Given a two-sample trace whose sample 1 is another stream
+    other = make_trace(level="writes", seed=5)
+    write_store(stack_samples(make_trace(level="writes"), other), tmp_path / "two.zarr")
+    st = TraceStore(trace_root=str(tmp_path), trace="two.zarr")
+    view = FactView(store=st)
+    # When sample 1 is selected, Then the lifecycle shows that stream's recalls of the fact, and only those
+    st.param.update(fact=2, sample=1)
+    probes = D.probe_frame(other, D.ledger_frame(other))
+    drawn = sorted(x for t in view.pane.object.data if (t.name or "").startswith("recall ") for x in t.x)
+    assert drawn == sorted(probes.loc[probes["fact_id"] == 2, "segment"])
 
 
 @pytest.mark.parametrize("name", ["../outside/secret.zarr", "link_out.zarr", "linked_dir/secret.zarr", "/etc"])

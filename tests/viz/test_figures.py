@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from synthetic import reference_memory
+from synthetic import make_trace, reference_memory, stack_samples
 
 from armt_viz.viz import data as D
 from armt_viz.viz import figures as F
@@ -101,6 +101,23 @@ def test_fact_lifecycle_attribution_splits_each_recall(trace_writes):
     np.testing.assert_allclose(parts["current"] + parts["stale"] + parts["other"], 1.0, atol=1e-6)
     assert fig.layout.title.text == "Fact 2 · lifecycle"
     assert fig.layout.yaxis.categoryarray[-1] == "recalls"
+
+
+def _drawn(fig) -> list:
+    """What a figure shows: each trace's name and x, y values, and the subtitle (probe ids left out)."""
+    return [fig.layout.title.text] + [(t.name, np.asarray(t.x).tolist(), np.asarray(t.y).tolist()) for t in fig.data]
+
+
+def test_fact_lifecycle_follows_the_sample(trace_writes):
+    # Given a two-sample trace whose sample 1 is another stream (its own ledger, probes and writes)
+    other = make_trace(level="writes", seed=5)
+    both = stack_samples(trace_writes, other)
+    # When the lifecycle of fact 2 is drawn for each sample, Then each matches that stream drawn alone
+    drawn = {}
+    for sample, alone in ((0, trace_writes), (1, other)):
+        drawn[sample] = _drawn(F.fact_lifecycle(both, fact=2, layer=1, segment=10, sample=sample))
+        assert drawn[sample] == _drawn(F.fact_lifecycle(alone, fact=2, layer=1, segment=10))
+    assert drawn[0] != drawn[1]
 
 
 def test_fact_lifecycle_without_writes_says_so(trace_summary):

@@ -32,6 +32,7 @@ def build_app(trace_root: str, *, trace: str | None = None, sync_url: bool = Tru
         sync_url: keep the selection in the page URL's query string (when served).
     """
     pn.extension("plotly", raw_css=[_CSS], notifications=False)
+    from . import resources  # noqa: F401  (its script joins every page Panel serves from now on)
     store = TraceStore(trace_root=str(trace_root), trace=trace)
     timeline, layers = TimelineView(store=store), LayersView(store=store)
     assoc, writes = AssocView(store=store), WritesView(store=store)

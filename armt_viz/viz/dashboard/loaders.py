@@ -133,11 +133,10 @@ def load_attribution_inputs(path: str, stamp: int, layer: int):
 
 
 @pn.cache(max_items=32)
-def load_attribution(path: str, stamp: int, fact: int, layer: int, max_recalls: int):
-    """``(frame, message)`` of ``data.recall_attribution`` for the recalls of ``fact`` at ``layer``."""
+def load_attribution(path: str, stamp: int, fact: int, layer: int, max_recalls: int, sample: int = 0):
+    """``(frame, message)`` of ``data.recall_attribution`` for the recalls of ``fact`` (in ``sample``) at ``layer``."""
     ds = open_dataset(path, stamp)
-    probes = load_probes(path, stamp)
-    recalls = probes[probes["fact_id"] == fact]
+    recalls = _data.fact_recalls(load_probes(path, stamp), fact, sample)
     if _data.trace_level(ds) == "summary" or recalls.empty or "read_query" not in ds:
         return _data.recall_attribution(ds, recalls, layer, max_recalls)
     sub, facts = load_attribution_inputs(path, stamp, layer)
@@ -159,7 +158,7 @@ _LOCK = threading.Lock()
 
 
 def attribution_async(key: tuple, on_done) -> tuple | None:
-    """The attribution for ``key = (path, stamp, fact, layer, max_recalls)`` if it is ready, else None after
+    """The attribution for ``key = (path, stamp, fact, layer, max_recalls, sample)`` if it is ready, else None after
     scheduling it on a background thread; ``on_done()`` is called (from that thread) when it finishes.
 
     Without a server session (tests, notebooks) the work runs inline and the result is returned at once.

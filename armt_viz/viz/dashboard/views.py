@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import panel as pn
 import param
@@ -25,14 +27,67 @@ from . import loaders
 from .store import NO_FACT, TraceStore
 
 __all__ = ["TraceView", "TimelineView", "AssocView", "WritesView", "FactView", "StaleView", "LayersView", "VIEWS",
-           "PLOTLY_CONFIG"]
+           "PLOTLY_CONFIG", "RelayoutPlotly", "merge_relayout", "x_axis_request"]
 
 log = logging.getLogger(__name__)
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
                  "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines"],
                  "toImageButtonOptions": {"format": "png", "scale": 2}}
-_RANGE_KEY = re.compile(r"^xaxis\d*\.range\[(0|1)\]$")
+_X_AUTORANGE_KEY = re.compile(r"^xaxis\d*\.autorange$")
+_X_RANGE_END_KEY = re.compile(r"^xaxis\d*\.range\[(0|1)\]$")
+_X_RANGE_KEY = re.compile(r"^xaxis\d*\.range$")
+
+
+def merge_relayout(pending: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Two plotly relayout deltas as one, in the order they were made: ``new``'s keys last, replacing ``pending``'s.
+
+    A relayout message is a change, not a state: ``{"xaxis.autorange": True}`` followed by ``{"autosize": True}``
+    still asks for the reset, so a delta that has not been handled yet must be merged with the next, not replaced.
+    """
+    merged = {k: v for k, v in pending.items() if k not in new}
+    merged.update(new)
+    return merged
+
+
+def x_axis_request(relayout: Mapping[str, Any]) -> Literal["autorange"] | tuple[float, float] | None:
+    """What a relayout delta asks of the x axes: ``"autorange"`` (reset), ``(x0, x1)`` (a range) or None.
+
+    Keys are read in order and the last complete instruction wins, so a merged delta (``merge_relayout``) keeps
+    the meaning of the latest request: a zoom after a reset is a zoom, a reset after a zoom is a reset. Only x-axis
+    keys count (a y-axis autorange leaves the segment range alone); other keys (``autosize``, ``width``) are ignored.
+    """
+    request: Literal["autorange"] | tuple[float, float] | None = None
+    ends: dict[int, float] = {}
+    for key, value in relayout.items():
+        if _X_AUTORANGE_KEY.match(key):
+            if value:
+                request, ends = "autorange", {}
+        elif m := _X_RANGE_END_KEY.match(key):
+            ends[int(m.group(1))] = float(value)
+            if len(ends) == 2:
+                request = (ends[0], ends[1])
+        elif _X_RANGE_KEY.match(key) and isinstance(value, (list, tuple)) and len(value) == 2:
+            request, ends = (float(value[0]), float(value[1])), {}
+    return request
+
+
+class RelayoutPlotly(pn.pane.Plotly):
+    """``pn.pane.Plotly`` whose browser relayout deltas are merged while one waits to be handled, never dropped.
+
+    Panel debounces property changes from the browser (50 ms, and for as long as the session is busy) and keeps
+    only the last value of each property. ``relayout_data`` is a delta, and plotly sends ``{"autosize": True}``
+    about 100 ms after every render (``Plots.resize``): a zoom or a double-click reset that came just before it was
+    replaced by it and never reached the view (the flaky zoom-reset browser test). Here a change that arrives
+    while an earlier one is pending is merged with it (``merge_relayout``). ``_server_change`` and ``_events`` are
+    Panel internals (Panel's own ``Tabs`` overrides the same hook); tests/ui's zoom test fails if they change.
+    """
+
+    def _server_change(self, doc, ref, subpath, attr, old, new) -> None:
+        pending = self._events.get(attr) if attr == "relayout_data" and not subpath else None
+        if isinstance(pending, Mapping) and isinstance(new, Mapping):
+            new = merge_relayout(pending, new)
+        super()._server_change(doc, ref, subpath, attr, old, new)
 
 
 def _inside_window(fig, segment: int) -> bool:
@@ -53,7 +108,7 @@ class TraceView(Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         # link_figure: moving the Segment rule is sent as a plotly relayout message, not a new figure
-        self.pane = pn.pane.Plotly(None, config=PLOTLY_CONFIG, sizing_mode="stretch_width", link_figure=True)
+        self.pane = RelayoutPlotly(None, config=PLOTLY_CONFIG, sizing_mode="stretch_width", link_figure=True)
         self.store.param.watch(self._redraw, list(self.watch))
         self._redraw()
 
@@ -94,7 +149,8 @@ class TimelineView(TraceView):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.pane.param.watch(self._on_relayout, "relayout_data")
+        # onlychanged=False: a request equal to the last one (the same reset twice) is still a request
+        self.pane.param.watch(self._on_relayout, "relayout_data", onlychanged=False)
         self.pane.param.watch(self._on_click, "click_data")
 
     def figure(self):
@@ -119,26 +175,20 @@ class TimelineView(TraceView):
                                stale_mass=stale, subtitle=sub)
 
     def _on_relayout(self, event) -> None:
-        data = event.new or {}
-        if any(k.endswith("autorange") and v for k, v in data.items()):
+        request = x_axis_request(event.new or {})
+        if request is None:
+            return
+        if request == "autorange":
             self.store.x_range = None
             return
-        ends = {}
-        for key, value in data.items():
-            m = _RANGE_KEY.match(key)
-            if m:
-                ends[int(m.group(1))] = float(value)
-            elif re.match(r"^xaxis\d*\.range$", key) and isinstance(value, (list, tuple)) and len(value) == 2:
-                ends = {0: float(value[0]), 1: float(value[1])}
-        if len(ends) == 2:
-            lo, hi = sorted((ends[0] + 0.5, ends[1] - 0.5))
-            n = self.store.n_segments
-            lo, hi = max(lo, 0.0), min(hi, float(n - 1))
-            if hi - lo < 2:
-                return
-            new = (lo, hi)
-            if self.store.x_range is None or max(abs(a - b) for a, b in zip(new, self.store.x_range)) > 0.25:
-                self.store.x_range = new
+        lo, hi = sorted((request[0] + 0.5, request[1] - 0.5))
+        n = self.store.n_segments
+        lo, hi = max(lo, 0.0), min(hi, float(n - 1))
+        if hi - lo < 2:
+            return
+        new = (lo, hi)
+        if self.store.x_range is None or max(abs(a - b) for a, b in zip(new, self.store.x_range)) > 0.25:
+            self.store.x_range = new
 
     def _on_click(self, event) -> None:
         points = (event.new or {}).get("points") or []
@@ -184,9 +234,8 @@ class FactView(TraceView):
         if ledger is None or st.fact == NO_FACT:
             return message_figure("Fact lifecycle", "This trace has no task ledger: record a task stream "
                                   "(armt_viz.tasks) to follow facts.")
-        probes = loaders.load_probes(st.path, st.stamp)
-        recalls = probes[probes["fact_id"] == st.fact]
-        key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls)
+        recalls = _data.fact_recalls(loaders.load_probes(st.path, st.stamp), st.fact, st.sample)
+        key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls, st.sample)
         ready = loaders.attribution_async(key, self._attribution_ready(key))
         if ready is None:
             n = min(self.max_recalls, len(recalls))
@@ -205,7 +254,7 @@ class FactView(TraceView):
 
         def done():
             st = self.store
-            if doc is not None and key == (st.path, st.stamp, st.fact, st.layer, self.max_recalls):
+            if doc is not None and key == (st.path, st.stamp, st.fact, st.layer, self.max_recalls, st.sample):
                 doc.add_next_tick_callback(self._redraw)
         return done
 
