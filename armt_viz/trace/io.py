@@ -54,11 +54,14 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
                     f"{str(path)!r}: array {name!r} holds {arr.shape[ax]} rows along {d!r}, but {COMMIT_FILE} says "
                     f"{sizes[d]} were committed; the store is damaged (files removed or replaced?). "
                     "Record it again")
-        x = da.from_zarr(arr)
-        if arr.attrs.get("armt_encoding") == "bfloat16":
-            x = x.map_blocks(bf16_decode, dtype=np.float32)
         idx = tuple(slice(0, sizes[d]) if d in sizes else slice(None) for d in dims)
-        x = x[idx]
+        if dims == (name,):  # a dimension coordinate: xarray builds an index from it anyway
+            x = np.asarray(arr[idx])  # one zarr read, not a dask graph per chunk
+        else:
+            x = da.from_zarr(arr)
+            if arr.attrs.get("armt_encoding") == "bfloat16":
+                x = x.map_blocks(bf16_decode, dtype=np.float32)
+            x = x[idx]
         var = xr.Variable(dims, x, attrs=dict(arr.attrs))
         (coords if name in _COORDS else variables)[name] = var
     try:
