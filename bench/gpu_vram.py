@@ -1,0 +1,56 @@
+"""Peak GPU memory vs stream length: recording must not grow with the input (issue 7).
+
+    python -m bench.gpu_vram [--config gpu-gpt2] [--lengths 32768 131072 524288]
+
+For each length and level (graph recorder, bf16 autocast, bfloat16 storage, default keyframes) and for the plain
+CUDA-graph forward: torch.cuda.max_memory_allocated / max_memory_reserved over the run, and the host's peak RSS
+(ru_maxrss, cumulative over the process, so it only shows growth).
+"""
+
+import argparse
+import resource
+import tempfile
+import time
+
+import torch
+
+import armt_viz as av
+from armt_viz.model.fast import fast_stream
+from bench.bench_forward import CONFIGS, build
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="gpu-gpt2")
+    p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072, 524288])
+    a = p.parse_args()
+    c = CONFIGS[a.config]
+    m = build(c, "cuda", torch.float32)
+    print(f"config={a.config} {torch.cuda.get_device_name()} torch={torch.__version__}; weights "
+          f"{sum(x.numel() * x.element_size() for x in m.parameters()) / 2**20:.0f} MiB", flush=True)
+    print(f"{'path':<28} {'tokens':>9} {'tok/s':>9} {'peak alloc MiB':>15} {'peak reserved MiB':>18} {'host RSS MiB':>13}")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for n in a.lengths:
+            ids = torch.randint(0, c["vocab"], (1, n))
+            runs = [("forward (graph)", None), ("record summary", "summary"), ("record writes", "writes")]
+            for name, level in runs:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                if level is None:
+                    with torch.no_grad():
+                        for _ in fast_stream(m, ids.cuda()):
+                            pass
+                else:
+                    with tempfile.TemporaryDirectory() as d:
+                        av.record(m, ids, store=f"{d}/t.zarr", level=level, progress=False, storage_dtype="bfloat16")
+                torch.cuda.synchronize()
+                dt = time.perf_counter() - t
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"{name:<28} {n:>9} {n / dt:>9.0f} {torch.cuda.max_memory_allocated() / 2**20:>15.0f} "
+                      f"{torch.cuda.max_memory_reserved() / 2**20:>18.0f} {rss:>13.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
