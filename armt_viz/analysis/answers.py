@@ -47,15 +47,19 @@ def answer_status(ds: xr.Dataset, *, source: str = "probe", ledger=None) -> xr.D
     """Class of every answer (current / stale / other / wrong / n/a), dims `probe` or `key_probe`.
 
     See the module docstring for the rules. Returns an object-dtype DataArray of class names (units 1); count
-    them with e.g. `(status == "stale").sum()` or `status.to_series().value_counts()`.
+    them with e.g. `(status == "stale").sum()` or `status.to_series().value_counts()`. `ledger`: the task ledger
+    (default: the trace's `ledger_*` variables), or its prepared `Facts` (the probe path still reads the spelling
+    of answers from the ledger attrs).
     """
+    if source not in ("probe", "key_probe"):
+        raise ValueError(f"source must be 'probe' or 'key_probe', got {source!r}")
+    if source == "key_probe" and isinstance(ledger, Facts):  # needs nothing else from the ledger
+        return _key_probe_status(ds, ledger)
     led = ledger if isinstance(ledger, xr.Dataset) else ledger_of(ds, None, required=True)
     facts = ledger if isinstance(ledger, Facts) else facts_of(led)
     if source == "probe":
         return _probe_status(ds, facts, led)
-    if source == "key_probe":
-        return _key_probe_status(ds, facts)
-    raise ValueError(f"source must be 'probe' or 'key_probe', got {source!r}")
+    return _key_probe_status(ds, facts)
 
 
 def _probe_status(ds, facts: Facts, led) -> xr.DataArray:

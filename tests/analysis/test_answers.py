@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from armt_viz.analysis import answer_status
+from armt_viz.analysis._ledger import facts_of
 from armt_viz.config import ARMTConfig
 from armt_viz.tasks.stream import NONE, StreamConfig, make_stream
 
@@ -178,6 +179,9 @@ def test_key_probe_status_matches_the_naive_reference(seed, value_size):
                                   ds["key_probe_fact"].values, ds["key_probe_answer"].values, ledger)
     assert got == want
     assert {"current", "stale", "other", "wrong"} <= set(want)  # every class occurs: the case is not trivial
+    # the ledger's prepared Facts give the same answer, also for a trace without the ledger variables
+    bare = ds.drop_vars([n for n in ds.variables if str(n).startswith("ledger_")])
+    assert answer_status(bare, source="key_probe", ledger=facts_of(ledger)).values.tolist() == want
 
 
 def test_key_probe_status_without_key_probes_or_versions():
