@@ -12,7 +12,9 @@ pn = pytest.importorskip("panel")
 
 from armt_viz.viz.dashboard import build_app  # noqa: E402
 from armt_viz.viz.dashboard.store import NO_FACT, TraceStore  # noqa: E402
-from armt_viz.viz.dashboard.views import FactView, StaleView, TimelineView, merge_relayout, x_axis_request  # noqa: E402,E501
+from armt_viz.viz.dashboard.views import (  # noqa: E402
+    FactView, StaleView, TimelineView, merge_relayout, x_axis_request,
+)
 from armt_viz.viz import data as D  # noqa: E402
 from armt_viz.viz import figures as F  # noqa: E402
 from synthetic import make_trace, stack_samples, write_store  # noqa: E402
