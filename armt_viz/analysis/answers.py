@@ -20,9 +20,11 @@ Classes, first match wins:
     wrong     anything else (a value never written, a malformed answer);
     n/a       the probe does not predict an answer token.
 
-The probe path is vectorised over probes: "stale" asks whether the oldest version of the fact that spells the
-answer token at position j is older than the version asked; "other" whether the earliest version of another fact
-that spells it was written before the query (the two earliest facts per spelled token suffice).
+Both paths are vectorised (table lookups, no loop over answers): "stale" asks whether the oldest version of the
+fact that spells the answer (token at position j, or value code) is older than the version asked; "other" whether
+the earliest version of another fact that spells it was written before the query (the two earliest facts per
+spelled token suffice). For key probes the version asked is the newest one first held by a segment up to the
+probed one, and "before the query" means written in a segment up to the probed one.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from ._common import as_numpy, check_trace, named, per_run
-from ._ledger import Facts, answer_digit, answer_spelling, facts_of, ledger_of
+from ._ledger import Facts, _pair_key, answer_digit, answer_spelling, facts_of, ledger_of
 
 __all__ = ["ANSWER_CLASSES", "answer_status"]
 
@@ -40,39 +42,24 @@ ANSWER_CLASSES = ("current", "stale", "other", "wrong", "n/a")
 _MALFORMED = -2
 
 
-def _classify(answer, current, stale, other) -> str:
-    if answer == current:
-        return "current"
-    if answer in stale:
-        return "stale"
-    if answer in other:
-        return "other"
-    return "wrong"
-
-
-def _candidates(facts: Facts, sample: int, fact: int, version: int, before_token: int):
-    """(values of earlier versions of `fact`, values of other facts written before `before_token`)."""
-    mine = facts.versions_of(sample, fact)
-    stale = set(facts.ver_value[mine][facts.ver_version[mine] < version].tolist())
-    others = (facts.ver_sample == sample) & (facts.ver_fact != fact) & (facts.ver_token < before_token) \
-        & (facts.ver_value >= 0)
-    return stale, set(facts.ver_value[others].tolist())
-
-
 @per_run
 def answer_status(ds: xr.Dataset, *, source: str = "probe", ledger=None) -> xr.DataArray:
     """Class of every answer (current / stale / other / wrong / n/a), dims `probe` or `key_probe`.
 
     See the module docstring for the rules. Returns an object-dtype DataArray of class names (units 1); count
-    them with e.g. `(status == "stale").sum()` or `status.to_series().value_counts()`.
+    them with e.g. `(status == "stale").sum()` or `status.to_series().value_counts()`. `ledger`: the task ledger
+    (default: the trace's `ledger_*` variables), or its prepared `Facts` (the probe path still reads the spelling
+    of answers from the ledger attrs).
     """
+    if source not in ("probe", "key_probe"):
+        raise ValueError(f"source must be 'probe' or 'key_probe', got {source!r}")
+    if source == "key_probe" and isinstance(ledger, Facts):  # needs nothing else from the ledger
+        return _key_probe_status(ds, ledger)
     led = ledger if isinstance(ledger, xr.Dataset) else ledger_of(ds, None, required=True)
     facts = ledger if isinstance(ledger, Facts) else facts_of(led)
     if source == "probe":
         return _probe_status(ds, facts, led)
-    if source == "key_probe":
-        return _key_probe_status(ds, facts)
-    raise ValueError(f"source must be 'probe' or 'key_probe', got {source!r}")
+    return _key_probe_status(ds, facts)
 
 
 def _probe_status(ds, facts: Facts, led) -> xr.DataArray:
@@ -145,21 +132,49 @@ def _key_probe_status(ds, facts: Facts) -> xr.DataArray:
     segment = as_numpy(ds["key_probe_segment"]).astype(np.int64)
     fact = as_numpy(ds["key_probe_fact"]).astype(np.int64)
     answer = as_numpy(ds["key_probe_answer"]).astype(np.int64)
-    out = np.full(len(sample), "wrong", dtype=object)
-    for i in range(len(sample)):
-        vers = facts.versions_of(int(sample[i]), int(fact[i]))
-        vers = vers[facts.ver_segment[vers] <= segment[i]]
-        if len(vers) == 0:
-            current, version = -1, 0
-        else:
-            current, version = int(facts.ver_value[vers[-1]]), int(facts.ver_version[vers[-1]])
-        # "before the query": everything written up to the end of the probed segment
-        before = np.iinfo(np.int64).max
-        others = (facts.ver_sample == sample[i]) & (facts.ver_fact != fact[i]) \
-            & (facts.ver_segment <= segment[i]) & (facts.ver_value >= 0)
-        stale, _ = _candidates(facts, int(sample[i]), int(fact[i]), version, before)
-        a = int(answer[i])
-        out[i] = "wrong" if a == _MALFORMED else _classify(a, current, stale, set(facts.ver_value[others].tolist()))
+    out = _key_answer_classes(facts, sample, segment, fact, answer)
     da = xr.DataArray(out, dims=("key_probe",), coords={"key_probe": np.arange(len(out))})
     return named(da, "key_probe_status", "class of the replayed answer for a live key", "1",
                  classes=list(ANSWER_CLASSES))
+
+
+def _key_answer_classes(facts: Facts, sample: np.ndarray, segment: np.ndarray, fact: np.ndarray,
+                        answer: np.ndarray) -> np.ndarray:
+    """Class of each replayed answer code ``answer`` to key ``fact`` of ``sample`` from the memory after
+    ``segment``, by the module docstring's rules; "before the query" is everything written up to the end of the
+    probed segment (a version counts from its first holding segment, ``Facts.ver_segment``)."""
+    current, version = _live_versions(facts, sample, segment, fact)
+    versions = pd.DataFrame({"sample": facts.ver_sample, "fact": facts.ver_fact, "version": facts.ver_version,
+                             "value": facts.ver_value})
+    oldest = versions.groupby(["sample", "fact", "value"])["version"].min()  # first version holding each value
+    oldest = oldest.reindex(pd.MultiIndex.from_arrays([sample, fact, answer])).to_numpy(dtype=float)
+    stale = np.nan_to_num(oldest, nan=np.inf) < version
+    written = pd.DataFrame({"sample": facts.ver_sample, "fact": facts.ver_fact, "j": 0, "token": facts.ver_value,
+                            "written": facts.ver_segment})
+    other = _other_fact_since(written[written["token"] >= 0], sample, fact, np.zeros_like(answer), answer) <= segment
+    return np.select([answer == _MALFORMED, answer == current, stale, other], ["wrong", "current", "stale", "other"],
+                     "wrong").astype(object)
+
+
+def _live_versions(facts: Facts, sample: np.ndarray, segment: np.ndarray, fact: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: (value code, version) of the newest version of ``fact`` (in ``sample``) whose first holding
+    segment is at most ``segment``; (-1, 0) when there is none (the key was not written by then)."""
+    current = np.full(len(sample), -1, dtype=np.int64)
+    version = np.zeros(len(sample), dtype=np.int64)
+    if len(facts.ver_value) == 0 or len(sample) == 0:
+        return current, version
+    # ver_* is sorted by (sample, fact, version): `group` numbers the facts in that order
+    groups, group = np.unique(_pair_key(facts.ver_sample, facts.ver_fact), return_inverse=True)
+    order = np.lexsort((facts.ver_version, facts.ver_segment, group))
+    key = (group[order].astype(np.int64) << 32) + facts.ver_segment[order] + 1
+    # the groups stay contiguous and in ver_* order, so a running max of ver_* indices is the newest version of
+    # the fact among its versions first held up to each position
+    newest = np.maximum.accumulate(order)
+    g = np.minimum(np.searchsorted(groups, _pair_key(sample, fact)), len(groups) - 1)
+    pos = np.searchsorted(key, (g.astype(np.int64) << 32) + segment + 1, side="right") - 1
+    ok = (groups[g] == _pair_key(sample, fact)) & (pos >= 0)
+    ok &= group[order][np.maximum(pos, 0)] == g
+    idx = newest[np.maximum(pos, 0)][ok]
+    current[ok], version[ok] = facts.ver_value[idx], facts.ver_version[idx]
+    return current, version

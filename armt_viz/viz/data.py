@@ -33,7 +33,7 @@ import xarray as xr
 __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
-    "fact_events", "fact_recalls", "token_stream",
+    "fact_events", "fact_recalls", "sample_probes", "token_stream",
     "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series",
 ]
 
@@ -161,10 +161,17 @@ def fact_events(ledger: pd.DataFrame | None, fact: int, sample: int = 0) -> pd.D
     return rows.reset_index(drop=True)
 
 
+def sample_probes(probes: pd.DataFrame, sample: int = 0) -> pd.DataFrame:
+    """The ``probe_frame`` rows of one sample (each sample of a multi-sample trace is its own stream, with its own
+    ledger and fact ids, so recall outcomes are never pooled across samples)."""
+    return probes[probes["sample"] == sample]
+
+
 def fact_recalls(probes: pd.DataFrame, fact: int, sample: int = 0) -> pd.DataFrame:
     """The ``probe_frame`` rows of one fact's recalls in one sample (fact ids are per sample: each sample of a
     multi-sample trace is its own stream with its own ledger)."""
-    return probes[(probes["fact_id"] == fact) & (probes["sample"] == sample)]
+    probes = sample_probes(probes, sample)
+    return probes[probes["fact_id"] == fact]
 
 
 def _overwrites(rows: pd.DataFrame) -> np.ndarray:

@@ -46,13 +46,14 @@ class Explorer:
         self._series = lru_cache(maxsize=None)(self._load_series)
         self._layer_series = lru_cache(maxsize=None)(lambda name: _data.layer_series(ds, name, sample))
         self.ledger = _data.ledger_frame(ds)
-        self.probes = _data.probe_frame(ds, self.ledger)
+        self.probes = _data.probe_frame(ds, self.ledger)  # every sample's; the figures take ``sample``'s
+        self.sample_probes = _data.sample_probes(self.probes, sample)
         self._attribution = lru_cache(maxsize=64)(self._load_attribution)
         facts = _data.fact_table(self.ledger)
         options: list[tuple[str, int]] = [(f"{int(f)} · {int(r['writes'])} writes, {int(r['queries'])} queries", int(f))
                                           for f, r in facts.iterrows()] or [("(no ledger)", NO_FACT)]
         if fact is None:
-            linked = self.probes[self.probes["fact_id"] >= 0]["fact_id"].value_counts()
+            linked = self.sample_probes[self.sample_probes["fact_id"] >= 0]["fact_id"].value_counts()
             fact = int(linked.index[0]) if len(linked) else options[0][1]
         style = {"description_width": "64px"}
         self.layer = w.IntSlider(value=min(layer, n_layer - 1), min=0, max=n_layer - 1, description="Layer",
@@ -93,7 +94,7 @@ class Explorer:
             series = {n: self._series(n, None if "layer" not in ds[n].dims else layer)
                       for n in _data.TIMELINE_VARS if n in ds}
             events = _data.fact_events(self.ledger, fact, self.sample) if fact_or_none is not None else None
-            return timeline_figure(series, segment=segment, probes=self.probes, fact_events=events,
+            return timeline_figure(series, segment=segment, probes=self.sample_probes, fact_events=events,
                                    fact=fact_or_none, subtitle=f"layer {layer}")
         if name == "assoc":
             try:
@@ -118,7 +119,7 @@ class Explorer:
         if name == "stale":
             if self.probes.empty:
                 return message_figure("Stale answers over time", "This trace has no probes.")
-            return stale_answers_figure(self.probes, n_segments=_data.n_segments(ds), segment=segment,
+            return stale_answers_figure(self.sample_probes, n_segments=_data.n_segments(ds), segment=segment,
                                         fact=fact_or_none)
         if name == "layers":
             series = {n: self._layer_series(n) for n in LAYER_COMPARISON_VARS if n in ds}

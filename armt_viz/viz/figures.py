@@ -68,11 +68,12 @@ def segment_size(ds: xr.Dataset) -> int | None:
 
 def timeline(ds: xr.Dataset, layer: int = 0, *, sample: int = 0, segment: int | None = None,
              fact: int | None = None, x_range=None, n_pixels: int = 800) -> go.Figure:
-    """The run timeline of one layer (see ``timeline_figure``), with recall outcomes and ``fact``'s events."""
+    """The run timeline of one layer in ``sample`` (see ``timeline_figure``), with that sample's recall outcomes
+    and ``fact``'s events."""
     series = {n: _data.series(ds, n, layer if n != "segment_loss" else None, sample)
               for n in _data.TIMELINE_VARS if n in ds}
     ledger = _data.ledger_frame(ds)
-    probes = _data.probe_frame(ds, ledger)
+    probes = _data.sample_probes(_data.probe_frame(ds, ledger), sample)
     events = _data.fact_events(ledger, fact, sample) if fact is not None else None
     return timeline_figure(series, x_range=x_range, n_pixels=n_pixels, segment=segment, probes=probes,
                            fact_events=events, fact=fact, subtitle=f"layer {layer}")
@@ -118,7 +119,9 @@ def fact_lifecycle(ds: xr.Dataset, fact: int, layer: int = 0, *, sample: int = 0
                                  segment=segment, segment_size=segment_size(ds))
 
 
-def stale_answers(ds: xr.Dataset, *, segment: int | None = None, fact: int | None = None) -> go.Figure:
-    """Stale answers over time (key x segment bucket)."""
-    probes = _data.probe_frame(ds, _data.ledger_frame(ds))
+def stale_answers(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None,
+                  fact: int | None = None) -> go.Figure:
+    """Stale answers over time (key x segment bucket) of the recalls probed in ``sample`` (fact ids are per
+    sample)."""
+    probes = _data.sample_probes(_data.probe_frame(ds, _data.ledger_frame(ds)), sample)
     return stale_answers_figure(probes, n_segments=_data.n_segments(ds), segment=segment, fact=fact)

@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from armt_viz.analysis import answer_status
+from armt_viz.analysis._ledger import facts_of
 from armt_viz.config import ARMTConfig
 from armt_viz.tasks.stream import NONE, StreamConfig, make_stream
 
@@ -118,3 +119,77 @@ def test_a_correct_none_answer_is_current_without_the_ledger_attrs(rewrite_delet
     # Then the answers are current
     assert list(answer_status(strip(rewrite_delete_case)).values) == ["stale", "current"]
     assert list(answer_status(strip(collision_case)).values) == ["other", "current"]
+
+
+def naive_key_probe_status(probe_sample, probe_segment, probe_fact, answer, ledger: xr.Dataset) -> list[str]:
+    """The module docstring's rules for replayed key probes, answer by answer, straight from the ledger rows: the
+    version asked is the newest one with a row in a segment up to the probed one; "before the query" is a row in
+    a segment up to the probed one (no shared code)."""
+    col = {name: ledger[name].values for name in ("sample", "segment", "fact_id", "version", "value")}
+    role = ledger["role"].values.astype(str)
+    version_rows = [r for r in range(len(role)) if role[r] in ("key", "value", "delete")]
+    value = {r: (-1 if role[r] == "delete" else int(col["value"][r])) for r in version_rows}
+    out = []
+    for sample, segment, fact, a in zip(probe_sample, probe_segment, probe_fact, answer):
+        mine = [r for r in version_rows if col["sample"][r] == sample and col["fact_id"][r] == fact]
+        held = [r for r in mine if col["segment"][r] <= segment]
+        live = max(held, key=lambda r: col["version"][r]) if held else None
+        current = -1 if live is None else value[live]
+        stale = set() if live is None else {value[r] for r in mine if col["version"][r] < col["version"][live]}
+        other = {value[r] for r in version_rows if col["sample"][r] == sample and col["fact_id"][r] != fact
+                 and col["segment"][r] <= segment and value[r] >= 0}
+        if a == -2:
+            out.append("wrong")
+        elif a == current:
+            out.append("current")
+        elif a in stale:
+            out.append("stale")
+        elif a in other:
+            out.append("other")
+        else:
+            out.append("wrong")
+    return out
+
+
+def _random_key_probes(seed: int, value_size: int, n: int = 400):
+    """`_random_case`'s ledgers with `n` random key probes (any sample, segment, key, also keys never written by
+    then) whose answers are drawn from the key's own values, other keys' values, NONE, malformed and random codes."""
+    ds, ledger = _random_case(seed, value_size)
+    rng = np.random.default_rng(seed + 100)
+    sample = rng.integers(0, 2, n)
+    segment = rng.integers(0, int(ledger["segment"].max()) + 1, n)
+    fact = rng.integers(0, int(ledger["fact_id"].max()) + 2, n)
+    values = ledger["value"].values
+    same = np.array([rng.choice(np.r_[values[(ledger["sample"].values == s) & (ledger["fact_id"].values == f)], -1])
+                     for s, f in zip(sample, fact)])
+    pick = rng.integers(0, 5, n)
+    answer = np.select([pick < 2, pick == 2, pick == 3], [same, rng.choice(values, n), np.full(n, -2)],
+                       rng.integers(-1, 16 ** value_size, n))
+    ds = ds.assign(key_probe_sample=("key_probe", sample), key_probe_segment=("key_probe", segment),
+                   key_probe_fact=("key_probe", fact), key_probe_answer=("key_probe", answer))
+    return ds, ledger
+
+
+@pytest.mark.parametrize("value_size", [1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_key_probe_status_matches_the_naive_reference(seed, value_size):
+    ds, ledger = _random_key_probes(seed, value_size)
+    got = answer_status(ds, source="key_probe").values.tolist()
+    want = naive_key_probe_status(ds["key_probe_sample"].values, ds["key_probe_segment"].values,
+                                  ds["key_probe_fact"].values, ds["key_probe_answer"].values, ledger)
+    assert got == want
+    assert {"current", "stale", "other", "wrong"} <= set(want)  # every class occurs: the case is not trivial
+    # the ledger's prepared Facts give the same answer, also for a trace without the ledger variables
+    bare = ds.drop_vars([n for n in ds.variables if str(n).startswith("ledger_")])
+    assert answer_status(bare, source="key_probe", ledger=facts_of(ledger)).values.tolist() == want
+
+
+def test_key_probe_status_without_key_probes_or_versions():
+    # Given no key probes, and key probes on a ledger whose versions all come after the probed segment
+    ds, ledger = _random_key_probes(0, 1)
+    none = ds.isel(key_probe=slice(0, 0))
+    assert answer_status(none, source="key_probe").sizes["key_probe"] == 0
+    early = ds.assign(key_probe_segment=ds["key_probe_segment"] * 0 - 1)
+    # Then every NONE answer is current (the key was not written yet) and nothing else is
+    status = answer_status(early, source="key_probe").values
+    assert ((status == "current") == (early["key_probe_answer"].values == -1)).all()

@@ -12,8 +12,11 @@ pn = pytest.importorskip("panel")
 
 from armt_viz.viz.dashboard import build_app  # noqa: E402
 from armt_viz.viz.dashboard.store import NO_FACT, TraceStore  # noqa: E402
-from armt_viz.viz.dashboard.views import FactView, merge_relayout, x_axis_request  # noqa: E402
+from armt_viz.viz.dashboard.views import (  # noqa: E402
+    FactView, StaleView, TimelineView, merge_relayout, x_axis_request,
+)
 from armt_viz.viz import data as D  # noqa: E402
+from armt_viz.viz import figures as F  # noqa: E402
 from synthetic import make_trace, stack_samples, write_store  # noqa: E402
 
 
@@ -107,6 +110,23 @@ def test_fact_view_follows_the_sample(tmp_path):
     probes = D.probe_frame(other, D.ledger_frame(other))
     drawn = sorted(x for t in view.pane.object.data if (t.name or "").startswith("recall ") for x in t.x)
     assert drawn == sorted(probes.loc[probes["fact_id"] == 2, "segment"])
+
+
+def _recall_bars(fig) -> list:
+    return [(t.name, list(t.x), list(t.y)) for t in fig.data if (t.name or "").startswith("recall ")]
+
+
+def test_recall_views_follow_the_sample(tmp_path):
+    # Given a two-sample trace whose sample 1 is another stream, with the timeline and stale answers views open
+    other = make_trace(level="writes", seed=5)
+    write_store(stack_samples(make_trace(level="writes"), other), tmp_path / "two.zarr")
+    st = TraceStore(trace_root=str(tmp_path), trace="two.zarr")
+    timeline, stale = TimelineView(store=st), StaleView(store=st)
+    # When sample 1 is selected, Then both views count only that stream's recalls
+    st.param.update(fact=2, segment=5, sample=1)
+    alone = F.timeline(other, layer=st.layer, segment=5, fact=2, n_pixels=timeline.n_pixels)
+    assert _recall_bars(timeline.pane.object) == _recall_bars(alone)
+    assert stale.pane.object.to_json() == F.stale_answers(other, segment=5, fact=2).to_json()
 
 
 @pytest.mark.parametrize("name", ["../outside/secret.zarr", "link_out.zarr", "linked_dir/secret.zarr", "/etc"])

@@ -6,7 +6,9 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
+from armt_viz.viz import figures as F  # noqa: E402
 from armt_viz.viz.explorer import Explorer, explore  # noqa: E402
+from synthetic import make_trace, stack_samples  # noqa: E402
 
 
 def test_explorer_controls_and_views(trace_writes):
@@ -28,3 +30,12 @@ def test_explore_returns_a_widget(trace_summary):
 
     box = explore(trace_summary, segment=3)
     assert isinstance(box, w.VBox)
+
+
+def test_explorer_recall_figures_follow_the_sample(trace_writes):
+    # Given an explorer on sample 1 of a two-sample trace whose sample 1 is another stream
+    other = make_trace(level="writes", seed=5)
+    ex = Explorer(stack_samples(trace_writes, other), sample=1, segment=5, layer=1, fact=2)
+    # Then its timeline and stale answers are that stream's, drawn alone
+    assert ex.figure("stale").to_json() == F.stale_answers(other, segment=5, fact=2).to_json()
+    assert ex.figure("timeline").to_json() == F.timeline(other, layer=1, segment=5, fact=2).to_json()

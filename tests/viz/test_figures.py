@@ -120,6 +120,29 @@ def test_fact_lifecycle_follows_the_sample(trace_writes):
     assert drawn[0] != drawn[1]
 
 
+@pytest.fixture(scope="module")
+def two_samples(trace_writes):
+    """``trace_writes`` as sample 0 and another stream (its own ledger, probes and writes) as sample 1."""
+    other = make_trace(level="writes", seed=5)
+    return stack_samples(trace_writes, other), {0: trace_writes, 1: other}
+
+
+@pytest.mark.parametrize("draw", [
+    lambda ds, **sample: F.timeline(ds, layer=1, segment=5, fact=2, **sample),
+    lambda ds, **sample: F.stale_answers(ds, segment=5, fact=2, **sample),
+], ids=["timeline", "stale_answers"])
+def test_recall_figures_follow_the_sample(two_samples, draw):
+    # Given a two-sample trace whose samples are different streams
+    both, alone = two_samples
+    # When the figure is drawn for each sample, Then it is that sample's stream drawn alone (recall outcomes of
+    # the other sample are not pooled in), down to every value of every trace
+    drawn = {}
+    for sample, single in alone.items():
+        drawn[sample] = draw(both, sample=sample).to_json()
+        assert drawn[sample] == draw(single).to_json()
+    assert drawn[0] != drawn[1]
+
+
 def test_fact_lifecycle_without_writes_says_so(trace_summary):
     fig = F.fact_lifecycle(trace_summary, fact=1, layer=0)
     assert any("writes-level" in (a.text or "") for a in fig.layout.annotations)

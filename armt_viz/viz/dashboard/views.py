@@ -160,7 +160,7 @@ class TimelineView(TraceView):
             if name in st.ds:
                 layer = None if "layer" not in st.ds[name].dims else st.layer
                 series[name] = loaders.load_series(st.path, st.stamp, name, layer, st.sample)
-        probes = loaders.load_probes(st.path, st.stamp)
+        probes = _data.sample_probes(loaders.load_probes(st.path, st.stamp), st.sample)
         events = None
         if st.fact != NO_FACT:
             events = _data.fact_events(loaders.load_ledger(st.path, st.stamp), st.fact, st.sample)
@@ -261,7 +261,7 @@ class FactView(TraceView):
 
 class StaleView(TraceView):
     segment_moves_line = True
-    watch = ("version", "fact", "segment")
+    watch = ("version", "fact", "segment", "sample")
     title = "Stale answers over time"
 
     def figure(self):
@@ -269,7 +269,8 @@ class StaleView(TraceView):
         probes = loaders.load_probes(st.path, st.stamp)
         if probes.empty:
             return message_figure(self.title, "This trace has no probes: record with probes at the queries.")
-        return stale_answers_figure(probes, n_segments=st.n_segments, segment=st.segment,
+        return stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
+                                    segment=st.segment,
                                     fact=None if st.fact == NO_FACT else st.fact)
 
 
