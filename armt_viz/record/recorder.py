@@ -155,7 +155,7 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
     if keyframe_every == "auto":
         keyframe_every = auto_keyframe_every(model)
     rc = RecordConfig(level=level, keyframe_every=keyframe_every,
-                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype, keyframe_every),
+                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
     if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
@@ -200,13 +200,13 @@ def auto_keyframe_every(model: ARMTModel) -> int:
     return int(min(2048, 2 ** math.ceil(math.log2(per_token / 16))))
 
 
-def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str, keyframe_every: int = 64) -> int:
-    """Segments per chunk/commit: about 4 MB of data per chunk (keyframes included) and at least the size
-    of the resume state saved with each commit, between 16 and 512 segments.
+def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
+    """Segments per chunk/commit: about 4 MB of per-segment data per chunk, and at least the size of the
+    resume state saved with each commit, between 16 and 512 segments.
 
     Bigger chunks amortise zarr's per-append cost; smaller ones lose less on a crash."""
     cfg, L, d = model.config, model.n_layers, model.d_model
-    b = 4 * L * 12 + 4 * cfg.segment_size + _keyframe_bytes(model) / max(keyframe_every, 1)
+    b = 4 * L * 12 + 4 * cfg.segment_size
     item = 2 if storage_dtype != "float32" else 4
     if level in ("writes", "full"):
         b += L * cfg.num_mem_tokens * (item * (cfg.d_mem + d) + 12)
@@ -280,7 +280,7 @@ class _Recording:
         rows: list[dict] = []
         kf_rows: list[dict] = pending_kf
         seg_index = self.start_segment
-        self.flusher = BackgroundFlusher()
+        self.flusher = BackgroundFlusher(background=model.memory.device.type == "cuda")
         try:
             with model.hooks(cap.hooks(model)), torch.no_grad():
                 if self.fast and graph_record_eligible(model, self):

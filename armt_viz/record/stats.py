@@ -76,7 +76,9 @@ def unpack(flat: np.ndarray, layout) -> dict[str, np.ndarray]:
 
 
 def to_host(stats: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """Move a segment's statistics to the host with one transfer (not one per tensor)."""
+    """Move a segment's statistics to the host with one transfer (not one per tensor); CPU tensors as they are."""
+    if all(t.device.type == "cpu" for t in stats.values()):
+        return {k: t.float().numpy() for k, t in stats.items()}
     flat, layout = pack(stats)
     return unpack(flat.cpu().numpy(), layout)
 
