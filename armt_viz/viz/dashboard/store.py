@@ -1,10 +1,11 @@
 """``TraceStore``: the dashboard's data store and selection (Panel DataStore/View split, STYLE.md rule 20).
 
-One store per browser session. It owns the selection (trace, layer, segment, fact, visible segment range)
+One store per browser session. It owns the selection (trace, sample, layer, segment, fact, visible segment range)
 as ``param`` parameters, makes its widgets per instance (labels ``Trace``, ``Layer``, ``Segment``, ``Fact``, and
-``Sample`` when the trace has more than one), and opens traces through ``paths.resolve_trace`` only: a name that resolves outside the trace root (``..``,
-symlinks, absolute paths) is refused and never opened. Views read data through the memoised loaders with the
-store's ``path`` and ``stamp`` as keys, so sessions share loaded data but never each other's selection.
+``Sample`` when the trace has more than one), and opens traces through ``paths.resolve_trace`` only: a name that
+resolves outside the trace root (``..``, symlinks, absolute paths) is refused and never opened. Views read data
+through the memoised loaders with the store's ``path`` and ``stamp`` as keys, so sessions share loaded data but
+never each other's selection.
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ class TraceStore(Viewer):
                                 sizing_mode="stretch_width", styles={"font-size": "0.85em", "color": "#3C4043"})
         alert = pn.pane.Alert(self.param.status, alert_type="warning", visible=self.param.status.rx.bool(),
                               sizing_mode="stretch_width")
-        return pn.Column(self._trace_select, self._sample, pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
+        return pn.Column(self._trace_select, self._sample,
+                         pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
                          pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
                          self._stale,
                          pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")
