@@ -175,13 +175,14 @@ class TraceStore(Viewer):
         """Offer the selected sample's facts; keep the selected fact if that sample has it, else select the
         sample's most probed fact."""
         opts = self.fact_options()
-        self._fact.options = opts
         available = [v for v in opts.values() if v != NO_FACT]
         counts = (_data.probe_counts(loaders.load_probes(self.path, self.stamp), self.sample) if available
                   else None)
-        fact = _data.pick_fact(self.fact, available, counts)
-        self.fact = NO_FACT if fact is None else fact
-        self._sync_fact_widget()
+        picked = _data.pick_fact(self.fact, available, counts)
+        fact = NO_FACT if picked is None else picked
+        # options and value in one update: a Select given options without its value resets it to the first
+        self._fact.param.update(options=opts, value=fact if fact in opts.values() else next(iter(opts.values())))
+        self.fact = fact
 
     def _on_sample(self, *_) -> None:
         if self._sample.value != self.sample and self.sample in self._sample.options.values():
