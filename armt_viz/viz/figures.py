@@ -65,15 +65,14 @@ def missing_probes(probes: pd.DataFrame, sample: int = 0) -> str | None:
         return "This trace has no probes: record with probes at the queries."
     if (probes["sample"] == sample).any():
         return None
-    return f"No probes in sample {sample}: its recalls were not probed (probed samples: " \
-           f"{', '.join(map(str, sorted(set(probes['sample'].tolist()))[:8]))})."
+    return f"No probes in sample {sample}: none of its recalls was probed (this trace probes other samples)."
 
 
 def missing_facts(ledger: pd.DataFrame | None, sample: int = 0) -> str:
     """Why no fact of ``sample`` can be followed: no task ledger in the trace, or none of its facts in that sample."""
     if ledger is None or ledger.empty:
         return "This trace has no task ledger: record a task stream (armt_viz.tasks) to follow facts."
-    return f"No facts in sample {sample}: its stream has no ledger rows for a key."
+    return f"No facts in sample {sample}: the task ledger has no rows for this sample."
 
 
 def segment_size(ds: xr.Dataset) -> int | None:

@@ -171,7 +171,7 @@ class TraceStore(Viewer):
         counts = _data.probe_counts(loaders.load_probes(self.path, self.stamp), self.sample)
         return _data.fact_choices(table, counts) or {f"(no facts in sample {self.sample})": NO_FACT}
 
-    def _refresh_facts(self, *_) -> None:
+    def _refresh_facts(self) -> None:
         """Offer the selected sample's facts; keep the selected fact if that sample has it, else select the
         sample's most probed fact."""
         opts = self.fact_options()
@@ -185,6 +185,7 @@ class TraceStore(Viewer):
         self.fact = fact
 
     def _on_sample(self, *_) -> None:
+        """A new sample: show it in the Sample control and offer its facts."""
         if self._sample.value != self.sample and self.sample in self._sample.options.values():
             self._sample.value = self.sample
         if self.ds is not None:
