@@ -31,5 +31,8 @@ def create_app():
 
 
 if pn.state.served:
+    from armt_viz.viz.dashboard.resources import use_cartesian_plotly
+
     pn.extension("plotly")
+    use_cartesian_plotly()  # plotly.js's cartesian bundle, vendored in armt_viz (ARMT_VIZ_PLOTLY_BUNDLE=full: Panel's)
     create_app().servable()

@@ -1,6 +1,7 @@
 """Dashboard latency on a 1M-token trace: first render and segment update, vs a naive baseline (issue 6).
 
     python bench/bench_dashboard.py [--tokens 1048576] [--repeats 15] [--no-browser] [--cache runs/bench]
+    python bench/bench_dashboard.py --plotly-bundles 8     # page loads: plotly.js cartesian vs full bundle
 
 The trace is a synthetic zarr store that follows the trace schema exactly (level ``writes``; 4 layers, hidden 128,
 4 memory tokens, d_mem 32, 32-token segments, keyframes every 64 segments, write events in float16, chunks of 512
@@ -324,6 +325,93 @@ def browser_times(root: Path, name: str, repeats: int) -> dict[str, float] | Non
         proc.wait(timeout=20)
 
 
+def _page_load(context, url: str) -> float:
+    """Seconds from navigation to the three plots of the first screen (timeline, memory views) rendered."""
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    try:
+        t0 = time.perf_counter()
+        page.goto(url)
+        expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=120_000)
+        expect(page.locator(".gtitle", has_text="Association matrix · segment")).to_have_count(1, timeout=120_000)
+        return time.perf_counter() - t0
+    finally:
+        page.close()
+
+
+def plotly_bundle_times(root: Path, name: str, loads: int) -> dict[str, dict[str, list[float]]] | None:
+    """Page loads with plotly.js's cartesian bundle vs Panel's full one, side by side on one server process.
+
+    The dashboard is served in this process (``run_serve(threaded=True)``); before each page load the server is
+    switched between the bundles (``use_cartesian_plotly`` / ``use_full_plotly``, read when a page is rendered),
+    in the order ABBA ABBA ... so drift in machine load hits both alike. ``returning``: one browser context per
+    bundle (HTTP and code caches kept, as bench's ``browser: page load``), after one discarded warm-up load each;
+    ``first visit``: a fresh context (empty caches) per load.
+    """
+    if not os.path.exists("/usr/bin/chromium"):
+        return None
+    from playwright.sync_api import sync_playwright
+
+    from armt_viz.viz.dashboard import resources
+    from armt_viz.viz.serve import run_serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = run_serve(str(root), port=port, threaded=True)
+    url = f"http://127.0.0.1:{port}/?trace={name}"
+    switch = {"cartesian": resources.use_cartesian_plotly, "full": resources.use_full_plotly}
+    out = {kind: {"returning": [], "first visit": []} for kind in switch}
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+            viewport = {"width": 1440, "height": 2600}
+            contexts = {kind: b.new_context(viewport=viewport) for kind in switch}
+            for kind in switch:  # warm-up: server imports, trace caches, the browser cache of each context
+                switch[kind]()
+                _page_load(contexts[kind], url)
+            order = [k for i in range(loads) for k in (("cartesian", "full") if i % 2 == 0 else ("full", "cartesian"))]
+            for kind in order:
+                switch[kind]()
+                out[kind]["returning"].append(_page_load(contexts[kind], url))
+                fresh = b.new_context(viewport=viewport)
+                try:
+                    out[kind]["first visit"].append(_page_load(fresh, url))
+                finally:
+                    fresh.close()
+            b.close()
+    finally:
+        resources.use_full_plotly()
+        server.stop()
+    return out
+
+
+def compare_plotly_bundles(root: Path, name: str, loads: int) -> int:
+    times = plotly_bundle_times(root, name, loads)
+    if times is None:
+        print("no /usr/bin/chromium: nothing measured")
+        return 1
+    load = os.getloadavg()
+    print(f"\nplotly.js bundle, page load to 3 plots (s), {loads} loads each, ABBA order on one server process; "
+          f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+    for visit in ("returning", "first visit"):
+        full, cart = times["full"][visit], times["cartesian"][visit]
+        print(f"{visit:12s} full      median {statistics.median(full):.3f}  min {min(full):.3f}  "
+              f"all {' '.join(f'{t:.2f}' for t in full)}")
+        print(f"{visit:12s} cartesian median {statistics.median(cart):.3f}  min {min(cart):.3f}  "
+              f"all {' '.join(f'{t:.2f}' for t in cart)}")
+        print(f"{visit:12s} gain (median full - cartesian) {statistics.median(full) - statistics.median(cart):+.3f} s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -331,11 +419,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cache", default=str(REPO / "runs" / "bench"))
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--plotly-bundles", type=int, default=0, metavar="LOADS",
+                    help="only compare page loads with plotly.js's cartesian and full bundles, LOADS each")
     args = ap.parse_args(argv)
 
     root = Path(args.cache)
     name = f"dashboard_{args.tokens}tok.zarr"
     build_store(root / name, args.tokens)
+    if args.plotly_bundles:
+        return compare_plotly_bundles(root, name, args.plotly_bundles)
     from armt_viz.viz.dashboard import loaders
 
     path = str((root / name).resolve())

@@ -33,7 +33,7 @@ import xarray as xr
 __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
-    "fact_events", "fact_recalls", "sample_probes", "token_stream",
+    "probe_counts", "fact_choices", "pick_fact", "fact_events", "fact_recalls", "sample_probes", "token_stream",
     "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series",
 ]
 
@@ -127,13 +127,19 @@ def ledger_frame(ds: xr.Dataset) -> pd.DataFrame | None:
     return df.sort_values(["sample", "token"], kind="stable").reset_index(drop=True)
 
 
-def fact_table(ledger: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per fact: writes (all key rows), overwrites (writes replacing a value), deletes, queries, first
-    and last token (index: fact_id)."""
+def fact_table(ledger: pd.DataFrame | None, sample: int = 0) -> pd.DataFrame:
+    """One row per fact of one sample: writes (all key rows), overwrites (writes replacing a value), deletes,
+    queries, first and last token (index: fact_id).
+
+    Fact ids are per sample (each sample of a multi-sample trace is its own stream with its own ledger), so rows
+    of other samples are never counted.
+    """
     cols = ["writes", "overwrites", "deletes", "queries", "first_token", "last_token"]
     if ledger is None or ledger.empty:
         return pd.DataFrame(columns=cols)
-    facts = ledger[ledger["fact_id"] >= 0]
+    facts = ledger[(ledger["fact_id"] >= 0) & (ledger["sample"] == sample)]
+    if facts.empty:
+        return pd.DataFrame(columns=cols)
     g = facts.groupby("fact_id")
     writes = facts[facts["role"] == "key"].groupby("fact_id").size()
     overwrites = facts[_overwrites(facts)].groupby("fact_id").size()
@@ -146,6 +152,31 @@ def fact_table(ledger: pd.DataFrame | None) -> pd.DataFrame:
         "last_token": g["token"].max(),
     }).fillna(0).astype(np.int64)
     return out[cols]
+
+
+def probe_counts(probes: pd.DataFrame, sample: int = 0) -> pd.Series:
+    """Probed recalls per fact of one sample (index: fact_id, most probed first; probes at no fact left out)."""
+    linked = sample_probes(probes, sample)
+    counts = linked[linked["fact_id"] >= 0]["fact_id"].value_counts().sort_index()
+    return counts.sort_values(ascending=False, kind="stable")  # ties: the smaller fact id first
+
+
+def fact_choices(table: pd.DataFrame, counts: pd.Series) -> dict[str, int]:
+    """Labels of a Fact control (``"7  ·  3 writes, 2 queries, 2 probed"``) for one sample's ``fact_table`` and
+    ``probe_counts``, in fact-id order; empty when the sample has no facts."""
+    return {f"{int(fid)}  ·  {int(row['writes'])} writes, {int(row['queries'])} queries, "
+            f"{int(counts.get(fid, 0))} probed": int(fid) for fid, row in table.iterrows()}
+
+
+def pick_fact(current: int | None, available: list[int], counts: pd.Series | None) -> int | None:
+    """The fact to select among ``available``: ``current`` if it is one of them, else the most probed one
+    (``probe_counts``), else the first; None when nothing is available."""
+    if not available:
+        return None
+    if current in available:
+        return current
+    probed = [int(f) for f in counts.index if int(f) in available]
+    return probed[0] if probed else available[0]
 
 
 def fact_events(ledger: pd.DataFrame | None, fact: int, sample: int = 0) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import plotly.graph_objects as go
 import xarray as xr
 
@@ -39,7 +40,7 @@ __all__ = [
     "timeline_figure", "layer_comparison_figure", "assoc_figure", "write_events_figure",
     "fact_lifecycle_figure", "stale_answers_figure",
     "timeline", "layer_comparison", "association_matrix", "write_events", "fact_lifecycle", "stale_answers",
-    "segment_size",
+    "segment_size", "missing_probes", "missing_facts",
 ]
 
 LAYER_COMPARISON_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "read_out_norm_mean")
@@ -55,6 +56,23 @@ def message_figure(title: str, message: str, height: int = 320) -> go.Figure:
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return finish(fig, title=title, height=height)
+
+
+def missing_probes(probes: pd.DataFrame, sample: int = 0) -> str | None:
+    """Why there are no recall outcomes to draw for ``sample`` (``data.probe_frame`` rows of every sample), or
+    None when that sample has probes."""
+    if probes.empty:
+        return "This trace has no probes: record with probes at the queries."
+    if (probes["sample"] == sample).any():
+        return None
+    return f"No probes in sample {sample}: none of its recalls was probed (this trace probes other samples)."
+
+
+def missing_facts(ledger: pd.DataFrame | None, sample: int = 0) -> str:
+    """Why no fact of ``sample`` can be followed: no task ledger in the trace, or none of its facts in that sample."""
+    if ledger is None or ledger.empty:
+        return "This trace has no task ledger: record a task stream (armt_viz.tasks) to follow facts."
+    return f"No facts in sample {sample}: the task ledger has no rows for this sample."
 
 
 def segment_size(ds: xr.Dataset) -> int | None:
@@ -110,7 +128,7 @@ def fact_lifecycle(ds: xr.Dataset, fact: int, layer: int = 0, *, sample: int = 0
     ``sample`` (each sample has its own stream and ledger)."""
     ledger = _data.ledger_frame(ds)
     if ledger is None:
-        return message_figure(f"Fact {fact} · lifecycle", "This trace has no task ledger (record a task stream).")
+        return message_figure(f"Fact {fact} · lifecycle", missing_facts(ledger, sample))
     probes = _data.probe_frame(ds, ledger)
     recalls = _data.fact_recalls(probes, fact, sample)
     attribution, message = _data.recall_attribution(ds, recalls, layer, max_recalls)
@@ -123,5 +141,8 @@ def stale_answers(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None
                   fact: int | None = None) -> go.Figure:
     """Stale answers over time (key x segment bucket) of the recalls probed in ``sample`` (fact ids are per
     sample)."""
-    probes = _data.sample_probes(_data.probe_frame(ds, _data.ledger_frame(ds)), sample)
-    return stale_answers_figure(probes, n_segments=_data.n_segments(ds), segment=segment, fact=fact)
+    probes = _data.probe_frame(ds, _data.ledger_frame(ds))
+    if (message := missing_probes(probes, sample)) is not None:
+        return message_figure("Stale answers over time", message)
+    return stale_answers_figure(_data.sample_probes(probes, sample), n_segments=_data.n_segments(ds),
+                                segment=segment, fact=fact)

@@ -9,6 +9,8 @@ behind a login.
 * Requests are bounded: websocket messages and HTTP bodies have size limits, sessions unused for a minute are
   dropped. The websocket origin is limited to the serving address (extend it with the environment variable
   ``ARMT_VIZ_WEBSOCKET_ORIGIN``, comma-separated ``host:port``, when serving behind a proxy or on 0.0.0.0).
+* Pages load plotly.js's cartesian bundle, vendored in this package (``dashboard/resources.py``); set
+  ``ARMT_VIZ_PLOTLY_BUNDLE=full`` to send Panel's full plotly.js instead.
 """
 
 from __future__ import annotations
@@ -171,6 +173,9 @@ def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", bas
     threading.Thread(target=warm, args=(root,), name="armt-warm", daemon=True).start()
 
     pn.extension("plotly")
+    from .dashboard.resources import use_cartesian_plotly
+
+    use_cartesian_plotly()  # plotly.js's cartesian bundle (1.3 MB) instead of the full one (4.7 MB)
     log.info("serving traces under %s at http://%s:%d/", root, address, port)
     server = pn.serve(
         {"/": app}, port=port, address=address, websocket_origin=_origins(address, port),

@@ -16,7 +16,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "viz"))
-from synthetic import make_root  # noqa: E402
+from synthetic import make_root, make_trace, stack_samples, write_store  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _browser import LAUNCH_ARGS  # noqa: E402
@@ -61,6 +61,22 @@ def ui_root(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(ui_root):
     proc, url = _serve(ui_root["root"])
+    yield url
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def samples_root(tmp_path_factory) -> dict:
+    """A root with one two-sample trace: sample 0 the default stream (facts 0-5), sample 1 another (facts 0-2)."""
+    root = tmp_path_factory.mktemp("ui_samples")
+    first, other = make_trace(level="writes"), make_trace(level="writes", seed=5, n_keys=3)
+    write_store(stack_samples(first, other), root / "two.zarr")
+    return {"root": root, "samples": (first, other)}
+
+
+@pytest.fixture(scope="module")
+def samples_server(samples_root):
+    proc, url = _serve(samples_root["root"])
     yield url
     _stop(proc)
 

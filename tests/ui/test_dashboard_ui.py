@@ -1,7 +1,8 @@
 """The served dashboard in headless chromium: offline, labelled controls, live updates, confinement, login.
 
 Screenshots go to test-artifacts/: dashboard.png (timeline and the memory tab), dashboard_fact.png (Facts tab
-after choosing a fact), dashboard_layers.png, refused.png, login.png. Look at them after UI changes.
+after choosing a fact), dashboard_layers.png, dashboard_samples.png (sample 1 of a two-sample trace), refused.png,
+login.png. Look at them after UI changes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ pytest.importorskip("playwright")
 
 from _browser import new_page  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
+
+from armt_viz.viz import data as D  # noqa: E402
+from armt_viz.viz.dashboard.resources import (  # noqa: E402
+    CARTESIAN_BUNDLE, FIGURE_TRACE_TYPES, panel_plotly_version,
+)
 
 pytestmark = pytest.mark.ui
 
@@ -43,6 +49,9 @@ def test_page_is_offline_and_clean(loaded, artifacts_dir):
     assert rec.errors == [], f"console errors: {rec.errors}"
     assert any(u.endswith(".js") or ".js?" in u for u in rec.requests)  # scripts came from the app itself
     assert any("plotly_same_size.js" in u for u in rec.requests)  # viz/dashboard/resources.py
+    # plotly.js is the vendored cartesian bundle, not Panel's full one (resources.use_cartesian_plotly)
+    assert [u for u in rec.requests if "plotly" in u and "same_size" not in u and u.endswith(".js")] == [
+        next(u for u in rec.requests if u.endswith(CARTESIAN_BUNDLE))]
 
 
 def test_four_labelled_controls(loaded):
@@ -122,6 +131,100 @@ def test_choosing_a_fact_updates_its_lifecycle(loaded, artifacts_dir):
     expect(page.locator(".gtitle", has_text="Layer comparison")).to_have_count(1)
     page.screenshot(path=str(artifacts_dir / "dashboard_layers.png"))
     assert rec.errors == []
+
+
+# each plot on the page: its title, the trace types it asks for and the types plotly.js drew them as
+_PLOTS = """els => els.map(gd => ({title: (gd.layout.title || {}).text || '',
+                                   asked: gd.data.map(t => t.type || 'scatter'),
+                                   drawn: (gd._fullData || []).map(t => t.type)}))"""
+
+
+def _check_plots(page, registered: set[str]) -> list[str]:
+    """Every plot on the page asks only for registered trace types and was drawn with them; returns the titles."""
+    plots = page.locator(".js-plotly-plot").evaluate_all(_PLOTS)
+    for plot in plots:
+        assert set(plot["asked"]) <= registered, plot
+        assert plot["drawn"] == plot["asked"], plot
+    return [p["title"] for p in plots]
+
+
+def test_every_view_draws_with_the_served_plotly(server, browser):
+    # Given a fresh page on the default trace
+    page, rec = new_page(browser, height=1900)
+    try:
+        page.goto(server + "/")
+        expect(page.locator(".gtitle", has_text="Association matrix · segment 0")).to_have_count(1, timeout=60_000)
+        # Then the page's plotly.js is the version Panel expects and registers every trace type the figures use
+        version, types = page.evaluate("() => [window.Plotly.version, Object.keys(window.Plotly.PlotSchema.get()"
+                                       ".traces)]")
+        assert version == panel_plotly_version() and FIGURE_TRACE_TYPES <= set(types)
+        registered = set(types)
+        # And every view, tab by tab, draws with them: timeline (with the stale mass row), memory, facts, layers
+        page.get_by_role("checkbox").check()  # "Show stale mass on the timeline", the page's only checkbox
+        expect(page.locator(".annotation-text", has_text="superseded fraction")).to_have_count(1)
+        drawn = _check_plots(page, registered)
+        page.get_by_text("Facts", exact=True).click()
+        expect(page.locator(".gtitle", has_text="lifecycle")).to_have_count(1)
+        expect(page.locator(".gtitle", has_text="Stale answers over time")).to_have_count(1)
+        drawn += _check_plots(page, registered)
+        page.get_by_text("Layers", exact=True).click()
+        expect(page.locator(".gtitle", has_text="Layer comparison")).to_have_count(1)
+        drawn += _check_plots(page, registered)
+        for title in ("Run timeline", "Association matrix", "Write events", "lifecycle", "Stale answers",
+                      "Layer comparison"):
+            assert any(title in t for t in drawn), (title, drawn)
+        # And the console is clean (plotly warns, not errors, about a trace type it does not know)
+        assert rec.errors == [] and not [t for kind, t in rec.console if kind == "warning"], rec.console
+        assert rec.external == []
+    finally:
+        page.context.close()
+
+
+def _fact_labels(single) -> list[str]:
+    """The Fact options of a one-sample trace, counted on that trace alone (whitespace-normalised)."""
+    led = D.ledger_frame(single)
+    probes = D.probe_frame(single, led)
+    facts = led[led["fact_id"] >= 0].groupby("fact_id")
+    return [f"{fid} · {(rows.role == 'key').sum()} writes, {(rows.role == 'query').sum()} queries, "
+            f"{int((probes['fact_id'] == fid).sum())} probed" for fid, rows in facts]
+
+
+def test_sample_control_switches_the_facts(samples_server, samples_root, browser, artifacts_dir):
+    first, other = samples_root["samples"]
+    page, rec = new_page(browser, height=1900)
+    try:
+        # Given the two-sample trace on sample 0
+        page.goto(samples_server + "/?trace=two.zarr")
+        sample, fact = page.get_by_label("Sample", exact=True), page.get_by_label("Fact", exact=True)
+        expect(sample).to_be_visible(timeout=60_000)
+        options = lambda: [" ".join(o.split()) for o in fact.locator("option").all_text_contents()]  # noqa: E731
+        expect(fact.locator("option")).to_have_count(len(_fact_labels(first)))
+        assert options() == _fact_labels(first)
+        selected = lambda: fact.evaluate("s => s.options[s.selectedIndex].text").split()[0]  # noqa: E731
+        most = {name: str(D.probe_counts(D.probe_frame(ds, D.ledger_frame(ds))).index[0])
+                for name, ds in (("first", first), ("other", other))}
+        assert most["first"] not in {label.split()[0] for label in _fact_labels(other)}
+        assert selected() == most["first"]
+        # When sample 1 is chosen, Then the Fact list is sample 1's, its most probed fact replaces sample 0's
+        # (which sample 1 has not), and the URL names the sample
+        sample.select_option("1")
+        expect(fact.locator("option")).to_have_count(len(_fact_labels(other)))
+        assert options() == _fact_labels(other)
+        expect(page).to_have_url(re.compile(rf"fact={most['other']}"))
+        assert selected() == most["other"]
+        expect(page).to_have_url(re.compile(r"sample=1"))
+        page.get_by_text("Facts", exact=True).click()
+        expect(page.locator(".gtitle", has_text=f"Fact {most['other']} · lifecycle")).to_have_count(1)
+        expect(page.locator(".gtitle", has_text="Stale answers over time")).to_have_count(1)
+        page.screenshot(path=str(artifacts_dir / "dashboard_samples.png"))
+        # And a link to sample 1's fact 1 opens on that sample and fact
+        page.goto(samples_server + "/?trace=two.zarr&sample=1&fact=1")
+        expect(fact.locator("option")).to_have_count(len(_fact_labels(other)), timeout=60_000)
+        assert options() == _fact_labels(other)
+        assert selected() == "1"
+        assert rec.errors == [] and rec.external == []
+    finally:
+        page.context.close()
 
 
 def test_traversal_is_refused(server, browser, artifacts_dir):

@@ -222,3 +222,93 @@ def test_stale_mass_row_on_demand(app):
         assert any(t.startswith("superseded fraction of the association matrix") for t in titles)
     finally:
         st.show_stale_mass = False
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def _expected_choices(single) -> dict[str, int]:
+    """The Fact labels of a one-sample trace's facts, counted on that trace alone."""
+    led = D.ledger_frame(single)
+    probes = D.probe_frame(single, led)
+    out = {}
+    for fid, rows in led[led["fact_id"] >= 0].groupby("fact_id"):
+        probed = int((probes["fact_id"] == fid).sum())
+        out[f"{fid}  ·  {(rows.role == 'key').sum()} writes, {(rows.role == 'query').sum()} queries, "
+            f"{probed} probed"] = int(fid)
+    return out
+
+
+def _most_probed(single) -> int:
+    probes = D.probe_frame(single, D.ledger_frame(single))
+    counts = probes[probes["fact_id"] >= 0]["fact_id"].value_counts()
+    return int(counts[counts == counts.max()].index.min())
+
+
+@pytest.fixture(scope="module")
+def two_samples(tmp_path_factory):
+    """A two-sample store: sample 0 the default stream (facts 0-5), sample 1 another stream with facts 0-2 only."""
+    first, other = make_trace(level="writes"), make_trace(level="writes", seed=5, n_keys=3)
+    root = tmp_path_factory.mktemp("two_samples")
+    write_store(stack_samples(first, other), root / "two.zarr")
+    return root, first, other
+
+
+def test_fact_list_counts_the_selected_sample_and_follows_it(two_samples):
+    # Given a store on sample 0 of a two-sample trace
+    root, first, other = two_samples
+    st = TraceStore(trace_root=str(root), trace="two.zarr")
+    st.controls().get_root()  # widgets with Bokeh models, as in a session (a Select then resets a missing value)
+    # Then the Fact control offers sample 0's facts with sample 0's counts, and selects its most probed fact
+    assert st._fact.options == _expected_choices(first)
+    assert st.fact == _most_probed(first)
+    # When fact 5 (only in sample 0) is selected and sample 1 is chosen in the Sample control
+    st._fact.value = 5
+    st._sample.value = 1
+    # Then the list is sample 1's and its most probed fact replaces fact 5
+    assert st.sample == 1 and st._fact.options == _expected_choices(other)
+    assert st.fact == _most_probed(other) and st._fact.value == _most_probed(other)
+    # When fact 1 (in both samples) is selected and sample 0 is chosen again, Then fact 1 stays selected
+    st._fact.value = 1
+    st.sample = 0
+    assert st.fact == 1 and st._fact.value == 1 and st._fact.options == _expected_choices(first)
+
+
+def test_sample_control_shows_only_for_several_samples(two_samples, trace_root):
+    root, _, _ = two_samples
+    two = TraceStore(trace_root=str(root), trace="two.zarr")
+    assert two._sample.visible and list(two._sample.options.values()) == [0, 1]
+    one = TraceStore(trace_root=str(trace_root["root"]), trace="run_writes.zarr")
+    assert not one._sample.visible
+
+
+def test_sample_change_draws_each_view_once(two_samples):
+    # Given the fact view on fact 5 of sample 0
+    root, _, other = two_samples
+    st = TraceStore(trace_root=str(root), trace="two.zarr")
+    st.fact = 5
+    fact, stale = FactView(store=st), StaleView(store=st)
+    drawn = []
+    for view in (fact, stale):
+        view.pane.param.watch(lambda e, v=view: drawn.append(v.title), "object")
+    # When sample 1 (which has no fact 5) is selected
+    st.sample = 1
+    # Then each view is drawn once, for sample 1's most probed fact
+    assert sorted(drawn) == sorted([fact.title, stale.title])
+    assert _title(fact) == f"Fact {st.fact} · lifecycle" and st.fact != 5
+
+
+def test_a_sample_without_probes_or_facts_says_so(tmp_path):
+    # Given a two-sample trace whose sample 1 has neither probes nor ledger rows
+    both = stack_samples(make_trace(level="writes"), make_trace(level="writes", seed=5))
+    bare = both.isel(probe=both["probe_sample"].values == 0, event=both["ledger_sample"].values == 0)
+    write_store(bare, tmp_path / "bare.zarr")
+    st = TraceStore(trace_root=str(tmp_path), trace="bare.zarr")
+    stale, fact = StaleView(store=st), FactView(store=st)
+    # When sample 1 is selected
+    st.sample = 1
+    # Then the stale answers view says the sample has no probes (not that no recall is linked to a fact)
+    notes = [a.text for a in stale.pane.object.layout.annotations]
+    assert any(n.startswith("No probes in sample 1") for n in notes), notes
+    assert not any("No probed recalls are linked" in n for n in notes)
+    # And the Fact control and lifecycle view say the sample has no facts
+    assert list(st._fact.options) == ["(no facts in sample 1)"] and st.fact == NO_FACT
+    assert any(a.text.startswith("No facts in sample 1") for a in fact.pane.object.layout.annotations)

@@ -58,3 +58,26 @@ def test_probe_outcomes_agree_with_analysis_answer_status(trace_writes):
 
     assert (probes["expected"].to_numpy() == NONE).any()
     assert list(mine) == list(status)
+
+
+def test_fact_table_and_probe_counts_are_per_sample(trace_writes):
+    from synthetic import make_trace, stack_samples
+
+    other = make_trace(level="writes", seed=5, n_keys=3)
+    both = stack_samples(trace_writes, other)
+    led, probes = D.ledger_frame(both), D.probe_frame(both, D.ledger_frame(both))
+    for sample, single in enumerate((trace_writes, other)):
+        alone = D.ledger_frame(single)
+        assert D.fact_table(led, sample).equals(D.fact_table(alone))
+        assert D.probe_counts(probes, sample).equals(D.probe_counts(D.probe_frame(single, alone)))
+    assert D.fact_table(led, 2).empty
+
+
+def test_pick_fact_keeps_the_current_else_the_most_probed():
+    import pandas as pd
+
+    counts = pd.Series({4: 9, 1: 9, 2: 3})  # ties: listed order (probe_counts puts the smaller id first)
+    assert D.pick_fact(2, [1, 2, 4], counts) == 2
+    assert D.pick_fact(7, [1, 2, 4], counts) == 4
+    assert D.pick_fact(7, [3, 5], counts) == 3
+    assert D.pick_fact(7, [], counts) is None

@@ -2,8 +2,8 @@
 
 The template is Panel's ``BootstrapTemplate``, whose CSS and JS Panel serves itself: templates that pull web
 fonts from a CDN (FastList, Vanilla, Material) are avoided, so the page makes no request off the machine. The
-URL query (``?trace=...&layer=...&segment=...&fact=...``) is synced with the selection, so a view can be shared
-as a link; a ``trace`` in the URL goes through the same root confinement as the Trace control.
+URL query (``?trace=...&sample=...&layer=...&segment=...&fact=...``) is synced with the selection, so a view can
+be shared as a link; a ``trace`` in the URL goes through the same root confinement as the Trace control.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def build_app(trace_root: str, *, trace: str | None = None, sync_url: bool = Tru
     )
     main = pn.Column(timeline, tabs, sizing_mode="stretch_width")
     if sync_url and pn.state.location is not None:
-        pn.state.location.sync(store, {"trace": "trace", "layer": "layer", "segment": "segment", "fact": "fact"})
+        pn.state.location.sync(store, {"trace": "trace", "sample": "sample", "layer": "layer", "segment": "segment",
+                                       "fact": "fact"})
     template = pn.template.BootstrapTemplate(
         title=APP_TITLE, sidebar=[store], main=[main], header_background="#17324D", sidebar_width=310,
     )

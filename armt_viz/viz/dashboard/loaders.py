@@ -104,8 +104,9 @@ def load_probes(path: str, stamp: int) -> pd.DataFrame:
 
 
 @pn.cache(max_items=8)
-def load_fact_table(path: str, stamp: int) -> pd.DataFrame:
-    return _data.fact_table(load_ledger(path, stamp))
+def load_fact_table(path: str, stamp: int, sample: int) -> pd.DataFrame:
+    """``data.fact_table`` of one sample (fact ids are per sample)."""
+    return _data.fact_table(load_ledger(path, stamp), sample)
 
 
 @pn.cache(max_items=64)
@@ -207,7 +208,7 @@ def warm(root: str, names: list[str] | None = None, *, sample: int = 0) -> None:
             stamp = stamp_of(path)
             open_dataset(path, stamp)
             load_scalars(path, stamp, sample)
-            load_fact_table(path, stamp)
+            load_fact_table(path, stamp, sample)
             load_probes(path, stamp)
             log.info("warmed %s", name)
     except Exception as exc:  # warming is best effort

@@ -1,10 +1,11 @@
 """``TraceStore``: the dashboard's data store and selection (Panel DataStore/View split, STYLE.md rule 20).
 
-One store per browser session. It owns the selection (trace, layer, segment, fact, visible segment range)
-as ``param`` parameters, makes its widgets per instance (labels ``Trace``, ``Layer``, ``Segment``, ``Fact``),
-and opens traces through ``paths.resolve_trace`` only: a name that resolves outside the trace root (``..``,
-symlinks, absolute paths) is refused and never opened. Views read data through the memoised loaders with the
-store's ``path`` and ``stamp`` as keys, so sessions share loaded data but never each other's selection.
+One store per browser session. It owns the selection (trace, sample, layer, segment, fact, visible segment range)
+as ``param`` parameters, makes its widgets per instance (labels ``Trace``, ``Layer``, ``Segment``, ``Fact``, and
+``Sample`` when the trace has more than one), and opens traces through ``paths.resolve_trace`` only: a name that
+resolves outside the trace root (``..``, symlinks, absolute paths) is refused and never opened. Views read data
+through the memoised loaders with the store's ``path`` and ``stamp`` as keys, so sessions share loaded data but
+never each other's selection.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class TraceStore(Viewer):
         self._segment = pn.widgets.IntInput.from_param(self.param.segment, label="Segment", width=96)
         self._segment_slider = pn.widgets.IntSlider.from_param(self.param.segment, label="", show_value=False,
                                                                sizing_mode="stretch_width", margin=(36, 10, 5, 12))
+        self._sample = pn.widgets.Select(label="Sample", options={"0": 0}, value=0, visible=False,
+                                         sizing_mode="stretch_width")
         self._fact = pn.widgets.Select(label="Fact", options={"(no ledger)": NO_FACT}, sizing_mode="stretch_width")
         self._stale = pn.widgets.Checkbox.from_param(self.param.show_stale_mass,
                                                      label="Show stale mass on the timeline")
@@ -74,7 +77,10 @@ class TraceStore(Viewer):
                                                sizing_mode="stretch_width")
         self._trace_select.param.watch(lambda e: setattr(self, "trace", e.new or ""), "value")
         self._fact.param.watch(lambda e: setattr(self, "fact", NO_FACT if e.new is None else int(e.new)), "value")
+        self._sample.param.watch(lambda e: setattr(self, "sample", int(e.new)), "value")
         self.param.watch(self._on_trace, "trace")
+        # registered before any view's watcher: a new sample's fact is chosen before the views redraw
+        self.param.watch(self._on_sample, "sample")
         self.param.watch(self._sync_fact_widget, "fact")
         self.param.watch(self._update_filename, ["trace", "layer", "segment"])
         first = trace if trace is not None else self._default_trace()
@@ -123,16 +129,20 @@ class TraceStore(Viewer):
             self.status = ""
             self.path, self.stamp = path, stamp
             n_layer, n_seg = max(_data.n_layers(ds), 1), max(_data.n_segments(ds), 1)
+            n_sample = max(int(ds.sizes.get("sample", 1)), 1)
             self.param.layer.bounds = (0, n_layer - 1)
             self.param.segment.bounds = (0, n_seg - 1)
-            self.param.sample.bounds = (0, max(int(ds.sizes.get("sample", 1)), 1) - 1)
+            self.param.sample.bounds = (0, n_sample - 1)
             self.layer = min(self.layer, n_layer - 1)
+            self.sample = min(self.sample, n_sample - 1)
             self.segment = min(self.segment, n_seg - 1)
             self.x_range = None
         for widget, n in ((self._layer, n_layer), (self._segment, n_seg)):
             widget.param.update(start=0, end=n - 1)
         for widget, n in ((self._layer_slider, n_layer), (self._segment_slider, n_seg)):
             widget.param.update(start=0, end=max(n - 1, 1), disabled=n < 2)
+        self._sample.param.update(options={str(i): i for i in range(n_sample)}, value=self.sample,
+                                  visible=n_sample > 1)
         if self._trace_select.value != name:
             self._trace_select.value = name if name in self._trace_select.options.values() else ""
         self._refresh_facts()
@@ -151,32 +161,35 @@ class TraceStore(Viewer):
 
     # ------------------------------------------------------------------ facts
     def fact_options(self) -> dict[str, int]:
-        table = loaders.load_fact_table(self.path, self.stamp) if self.path else None
-        if table is None or table.empty:
+        """The Fact control's choices: the facts of the selected sample, with that sample's counts of writes,
+        queries and probed recalls (fact ids are per sample)."""
+        if not self.path:
+            return {"(no trace)": NO_FACT}
+        if loaders.load_ledger(self.path, self.stamp) is None:
             return {"(no ledger)": NO_FACT}
-        probes = loaders.load_probes(self.path, self.stamp)
-        recalls = probes[probes["fact_id"] >= 0].groupby("fact_id").size() if len(probes) else None
-        order = table.index.to_numpy()
-        opts = {}
-        for fid in order:
-            row = table.loc[fid]
-            n_rec = int(recalls.get(fid, 0)) if recalls is not None else 0
-            label = f"{int(fid)}  ·  {int(row['writes'])} writes, {int(row['queries'])} queries, {n_rec} probed"
-            opts[label] = int(fid)
-        return opts
+        table = loaders.load_fact_table(self.path, self.stamp, self.sample)
+        counts = _data.probe_counts(loaders.load_probes(self.path, self.stamp), self.sample)
+        return _data.fact_choices(table, counts) or {f"(no facts in sample {self.sample})": NO_FACT}
 
     def _refresh_facts(self) -> None:
+        """Offer the selected sample's facts; keep the selected fact if that sample has it, else select the
+        sample's most probed fact."""
         opts = self.fact_options()
-        self._fact.options = opts
-        values = list(opts.values())
-        if self.fact not in values:
-            if values == [NO_FACT]:
-                self.fact = NO_FACT
-            else:
-                probes = loaders.load_probes(self.path, self.stamp)
-                counts = probes[probes["fact_id"] >= 0]["fact_id"].value_counts()
-                self.fact = int(counts.index[0]) if len(counts) else int(values[0])
-        self._sync_fact_widget()
+        available = [v for v in opts.values() if v != NO_FACT]
+        counts = (_data.probe_counts(loaders.load_probes(self.path, self.stamp), self.sample) if available
+                  else None)
+        picked = _data.pick_fact(self.fact, available, counts)
+        fact = NO_FACT if picked is None else picked
+        # options and value in one update: a Select given options without its value resets it to the first
+        self._fact.param.update(options=opts, value=fact if fact in opts.values() else next(iter(opts.values())))
+        self.fact = fact
+
+    def _on_sample(self, *_) -> None:
+        """A new sample: show it in the Sample control and offer its facts."""
+        if self._sample.value != self.sample and self.sample in self._sample.options.values():
+            self._sample.value = self.sample
+        if self.ds is not None:
+            self._refresh_facts()
 
     def _sync_fact_widget(self, *_) -> None:
         if self.fact in self._fact.options.values() and self._fact.value != self.fact:
@@ -215,12 +228,14 @@ class TraceStore(Viewer):
         return "\n\n".join(lines)
 
     def controls(self) -> pn.Column:
-        """The sidebar: the four labelled selection controls, export and status."""
+        """The sidebar: the labelled selection controls (Sample only for a multi-sample trace), export and
+        status."""
         info = pn.pane.Markdown(pn.bind(lambda *_: self.info(), self.param.version, self.param.status),
                                 sizing_mode="stretch_width", styles={"font-size": "0.85em", "color": "#3C4043"})
         alert = pn.pane.Alert(self.param.status, alert_type="warning", visible=self.param.status.rx.bool(),
                               sizing_mode="stretch_width")
-        return pn.Column(self._trace_select, pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
+        return pn.Column(self._trace_select, self._sample,
+                         pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
                          pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
                          self._stale,
                          pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")

@@ -18,7 +18,7 @@ import param
 from panel.viewable import Viewer
 
 from .. import data as _data
-from ..figures import message_figure, segment_size
+from ..figures import message_figure, missing_facts, missing_probes, segment_size
 from ..figures_facts import fact_lifecycle_figure, stale_answers_figure
 from ..figures_memory import assoc_figure, write_events_figure
 from .._spec import move_segment_line
@@ -109,18 +109,28 @@ class TraceView(Viewer):
         super().__init__(**params)
         # link_figure: moving the Segment rule is sent as a plotly relayout message, not a new figure
         self.pane = RelayoutPlotly(None, config=PLOTLY_CONFIG, sizing_mode="stretch_width", link_figure=True)
+        self._drawn: tuple | None = None  # the selection the figure shows (see _selection)
         self.store.param.watch(self._redraw, list(self.watch))
         self._redraw()
 
     def figure(self):
         raise NotImplementedError
 
+    def _selection(self) -> tuple:
+        """The store state this view draws: its watched parameters and the open trace."""
+        st = self.store
+        return (st.path, st.stamp, *(getattr(st, name) for name in self.watch if name != "version"))
+
     def _redraw(self, *events) -> None:
         st = self.store
         fig = self.pane.object
+        selection = self._selection()
+        if events and selection == self._drawn and all(getattr(e, "name", None) != "version" for e in events):
+            return  # already drawn (a new sample's fact was chosen, and drawn, before the sample event came)
         if (self.segment_moves_line and events and fig is not None and st.ds is not None
                 and all(getattr(e, "name", None) == "segment" for e in events)
                 and _inside_window(fig, st.segment) and move_segment_line(fig, st.segment)):
+            self._drawn = selection
             return
         if st.ds is None:
             fig = message_figure(self.title, "No trace open" + (" (see the message in the sidebar)."
@@ -133,6 +143,7 @@ class TraceView(Viewer):
                 fig = message_figure(self.title, f"Could not draw this view: {type(exc).__name__}: {exc}")
         self.pane.height = int(fig.layout.height or 400)
         self.pane.object = fig
+        self._drawn = selection
 
     def __panel__(self):
         return pn.Column(self.pane, sizing_mode="stretch_width", css_classes=["armt-card"])
@@ -232,8 +243,7 @@ class FactView(TraceView):
         st = self.store
         ledger = loaders.load_ledger(st.path, st.stamp)
         if ledger is None or st.fact == NO_FACT:
-            return message_figure("Fact lifecycle", "This trace has no task ledger: record a task stream "
-                                  "(armt_viz.tasks) to follow facts.")
+            return message_figure("Fact lifecycle", missing_facts(ledger, st.sample))
         recalls = _data.fact_recalls(loaders.load_probes(st.path, st.stamp), st.fact, st.sample)
         key = (st.path, st.stamp, st.fact, st.layer, self.max_recalls, st.sample)
         ready = loaders.attribution_async(key, self._attribution_ready(key))
@@ -267,8 +277,8 @@ class StaleView(TraceView):
     def figure(self):
         st = self.store
         probes = loaders.load_probes(st.path, st.stamp)
-        if probes.empty:
-            return message_figure(self.title, "This trace has no probes: record with probes at the queries.")
+        if (message := missing_probes(probes, st.sample)) is not None:
+            return message_figure(self.title, message)
         return stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
                                     segment=st.segment,
                                     fact=None if st.fact == NO_FACT else st.fact)
