@@ -21,6 +21,16 @@ from armt_viz.viz import figures as F  # noqa: E402
 from armt_viz.viz.dashboard import resources as R  # noqa: E402
 
 VENDOR = Path(R.__file__).parent / "vendor"
+
+
+@pytest.fixture(autouse=True)
+def _full_plotly_around_each_test():
+    """`use_cartesian_plotly` swaps a class attribute of Panel's Plotly model, process-wide; an in-process server
+    started by an earlier test in this worker (serve.py calls it) may have left it swapped."""
+    R.use_full_plotly()
+    yield
+    R.use_full_plotly()
+
 BUNDLE = Path(R.__file__).parent / R.CARTESIAN_BUNDLE
 
 
