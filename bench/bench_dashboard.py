@@ -288,16 +288,10 @@ def browser_times(root: Path, name: str, repeats: int) -> dict[str, float] | Non
                              str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/?trace={name}"
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        _wait_for_port(port)
         loads, updates = [], []
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+            b = _launch_chromium(p)
             context = b.new_context(viewport={"width": 1440, "height": 2600})  # one cache: a returning user
             for i in range(max(3, repeats // 3) + 1):
                 page = context.new_page()
@@ -364,15 +358,9 @@ def plotly_bundle_times(root: Path, name: str, loads: int) -> dict[str, dict[str
     switch = {"cartesian": resources.use_cartesian_plotly, "full": resources.use_full_plotly}
     out = {kind: {"returning": [], "first visit": []} for kind in switch}
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+        _wait_for_port(port)
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+            b = _launch_chromium(p)
             viewport = {"width": 1440, "height": 2600}
             contexts = {kind: b.new_context(viewport=viewport) for kind in switch}
             for kind in switch:  # warm-up: server imports, trace caches, the browser cache of each context
@@ -413,6 +401,20 @@ def compare_plotly_bundles(root: Path, name: str, loads: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+def _wait_for_port(port: int, tries: int = 300) -> None:
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
+def _launch_chromium(p):
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    return p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=1_048_576)
