@@ -26,20 +26,25 @@ __all__ = ["GraphedStepper", "fast_stream"]
 
 class GraphedStepper:
     def __init__(self, model: ARMTModel, batch_size: int = 1, extra=None, capture=(True, False),
-                 compile_memory: bool = False):
+                 compile_memory: bool = False, emulate: bool = False, hooks: dict | None = None):
         """extra(out, stepper, first) -> dict of float32 tensors computed inside the graph after the step
         (the recorder's per-segment statistics). The graph packs them into one flat buffer (`packed`), so a
         caller moves a whole segment's statistics with a single copy.
 
         compile_memory: capture `torch.compile`d memory math (fewer, fused kernels; compiles once per
         process and shape, ~15 s on an H100) instead of the eager functions.
+        emulate: no graph; each `step` runs the same function eagerly into the same static buffers. For
+            testing the buffer logic (and the recorder's graph path) on a machine without a GPU.
+        hooks: {first: [(names, fn), ...]} hook pairs live while that graph is captured (emulated: at every
+            step), e.g. the recorder's observers whose tensors `extra` reduces.
         """
         if model.config.wrap_pos:
             raise ValueError("the CUDA-graph fast path needs wrap_pos=False; use model.stream for wrap_pos models")
         dev = model.memory.device
-        if dev.type != "cuda":
+        if dev.type != "cuda" and not emulate:
             raise ValueError(f"the CUDA-graph fast path needs the model on a CUDA device, it is on {dev}")
-        self.model, self.B, self.extra = model, batch_size, extra
+        self.model, self.B, self.extra, self.emulate = model, batch_size, extra, emulate
+        self.hooks = hooks or {}
         self.kernels = compiled_kernels() if compile_memory else None
         S = model.config.segment_size
         self.ids = torch.zeros(batch_size, S, dtype=torch.long, device=dev)
@@ -50,12 +55,9 @@ class GraphedStepper:
         for first in capture:
             self._capture(first)
 
-    def capture_more(self, first: bool) -> None:
-        self._capture(first)
-
     def _run(self, first: bool):
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
-        with self.model.memory_kernels(self.kernels):
+        with self.model.hooks(self.hooks.get(first, [])), self.model.memory_kernels(self.kernels):
             out = self.model.step(self.ids, st, explicit_mask=False)
         extra = self.extra(out, self, first) if self.extra else {}
         packed = torch.cat([t.reshape(-1).float() for t in extra.values()]) if extra else None
@@ -69,17 +71,24 @@ class GraphedStepper:
     @torch.no_grad()
     def _capture(self, first: bool):
         saved = [t.clone() for t in self.A + self.Z]  # the warm-up runs advance the state; put it back
-        s = _side_stream(self.ids.device)
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                self._run(first)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        if self.emulate:
             out, extra, packed = self._run(first)
+            g = None
+        else:
+            s = _side_stream(self.ids.device)
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._run(first)
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out, extra, packed = self._run(first)
         for t, v in zip(self.A + self.Z, saved):
             t.copy_(v)
+        self._keep(first, g, out, extra, packed)
+
+    def _keep(self, first, g, out, extra, packed):
         self.graphs[first], self.outs[first], self.packed[first] = g, out, packed
         # views of the packed buffer, in the order of `extra`
         views, i = {}, 0
@@ -95,7 +104,10 @@ class GraphedStepper:
             for t in self.A + self.Z:
                 t.zero_()
         self.ids.copy_(ids, non_blocking=True)
-        self.graphs[first].replay()
+        if self.emulate:
+            self._keep(first, None, *self._run(first))
+        else:
+            self.graphs[first].replay()
         state = MemoryState(tuple(self.A), tuple(self.Z), segments_done + 1)
         return SegmentOutput(self.outs[first].logits, state, segments_done, ids)
 

@@ -40,6 +40,7 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
     from .recorder import _Capture
     model, rc, S = rec.model, rec.rc, rec.S
     dev = model.memory.device
+    cuda = dev.type == "cuda"  # else the graphs are emulated (tests on machines without a GPU)
     caps = {True: _Capture(rec.rank), False: _Capture(rec.rank)}
 
     def extra(out, stepper, first):  # computed inside the captured graph
@@ -59,17 +60,18 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
         while buf.shape[1] >= S:
             n = min(buf.shape[1] // S, rc.chunk_segments)
             block, buf = buf[:, :n * S], buf[:, n * S:]
-            block_dev = block.pin_memory().to(dev, non_blocking=True)
+            block_dev = block.pin_memory().to(dev, non_blocking=True) if cuda else block.to(dev)
             block_np = block.numpy().astype(np.int32)
             for j in range(n):
                 if stepper is None:
-                    stepper = _make_stepper(model, block.shape[0], caps, extra, compile_memory=rec.fast == "compile")
+                    stepper = _make_stepper(model, block.shape[0], caps, extra, compile_memory=rec.fast == "compile",
+                                            emulate=not cuda)
                     if state is not None:
                         stepper.load_state(state)
                     layout = _layout(stepper)
                     P = layout[-1][3]
                     ring = torch.empty((rc.chunk_segments, P), dtype=torch.float32, device=dev)
-                    pinned = [torch.empty((rc.chunk_segments, P), dtype=torch.float32, pin_memory=True) for _ in range(2)]
+                    pinned = [torch.empty((rc.chunk_segments, P), dtype=torch.float32, pin_memory=cuda) for _ in range(2)]
                 stepper.step(block_dev[:, j * S:(j + 1) * S], seg_index)
                 ring[len(host_tokens)].copy_(stepper.last_packed(seg_index))
                 host_tokens.append(block_np[:, j * S:(j + 1) * S])
@@ -116,11 +118,14 @@ def _hand_over(rec, ring, pinned, host_tokens, seg_end, layout, kf_rows, state) 
     n = len(host_tokens)
     # `pinned` was last read by the flush before the one in flight, which ended when that one was submitted
     pinned[:n].copy_(ring[:n], non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
+    done = None
+    if ring.is_cuda:
+        done = torch.cuda.Event()
+        done.record()
 
     def finish():
-        done.synchronize()
+        if done is not None:
+            done.synchronize()
         rows = _host_rows(rec, pinned[:n].numpy(), layout, host_tokens, seg_end)
         rec._check_rows_finite(rows, seg_end - n)
         rec._flush(rows, kf_rows, state, [])
@@ -128,13 +133,10 @@ def _hand_over(rec, ring, pinned, host_tokens, seg_end, layout, kf_rows, state) 
     rec.flusher.submit(finish)
 
 
-def _make_stepper(model, B, caps, extra, compile_memory=False):
-    # hooks must be live while the graphs are captured: each graph's capture fills its own capture dict
-    with model.hooks(caps[True].hooks(model)):
-        stepper = GraphedStepper(model, B, extra=extra, capture=(True,), compile_memory=compile_memory)
-    with model.hooks(caps[False].hooks(model)):
-        stepper.capture_more(False)
-    return stepper
+def _make_stepper(model, B, caps, extra, compile_memory=False, emulate=False):
+    # each graph's capture fills its own capture dict, whose tensors the graph then updates in place
+    return GraphedStepper(model, B, extra=extra, compile_memory=compile_memory, emulate=emulate,
+                          hooks={first: caps[first].hooks(model) for first in (True, False)})
 
 
 def _host_rows(rec, flat: np.ndarray, layout, host_tokens, seg_end):
