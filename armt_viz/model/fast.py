@@ -21,7 +21,7 @@ import torch
 from .armt import ARMTModel, MemoryState, SegmentOutput
 from .memory import compiled_kernels
 
-__all__ = ["GraphedStepper", "fast_stream"]
+__all__ = ["GraphedStepper", "fast_stream", "pack"]
 
 
 class GraphedStepper:
@@ -51,7 +51,7 @@ class GraphedStepper:
         z = model.init_state(batch_size, dev)
         self.A = [a.expand(batch_size, *a.shape[1:]).clone() for a in z.assoc]
         self.Z = [n.expand(batch_size, *n.shape[1:]).clone() for n in z.normalizer]
-        self.graphs, self.outs, self.extras, self.packed = {}, {}, {}, {}
+        self.graphs, self.outs, self.extras, self.packed, self.layouts = {}, {}, {}, {}, {}
         for first in capture:
             self._capture(first)
 
@@ -59,20 +59,19 @@ class GraphedStepper:
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
         with self.model.hooks(self.hooks.get(first, [])), self.model.memory_kernels(self.kernels):
             out = self.model.step(self.ids, st, explicit_mask=False)
-        extra = self.extra(out, self, first) if self.extra else {}
-        packed = torch.cat([t.reshape(-1).float() for t in extra.values()]) if extra else None
+        packed = pack(self.extra(out, self, first)) if self.extra else (None, [])
         # the new state goes into the input buffers inside the graph, after everything that reads the old one
         for a, a_new in zip(self.A, out.state.assoc):
             a.copy_(a_new)
         for z, z_new in zip(self.Z, out.state.normalizer):
             z.copy_(z_new)
-        return out, extra, packed
+        return out, packed
 
     @torch.no_grad()
     def _capture(self, first: bool):
         saved = [t.clone() for t in self.A + self.Z]  # the warm-up runs advance the state; put it back
         if self.emulate:
-            out, extra, packed = self._run(first)
+            out, packed = self._run(first)
             g = None
         else:
             s = _side_stream(self.ids.device)
@@ -83,19 +82,15 @@ class GraphedStepper:
             torch.cuda.current_stream().wait_stream(s)
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                out, extra, packed = self._run(first)
+                out, packed = self._run(first)
         for t, v in zip(self.A + self.Z, saved):
             t.copy_(v)
-        self._keep(first, g, out, extra, packed)
+        self._keep(first, g, out, packed)
 
-    def _keep(self, first, g, out, extra, packed):
-        self.graphs[first], self.outs[first], self.packed[first] = g, out, packed
-        # views of the packed buffer, in the order of `extra`
-        views, i = {}, 0
-        for k, t in extra.items():
-            views[k] = packed[i:i + t.numel()].view(t.shape)
-            i += t.numel()
-        self.extras[first] = views
+    def _keep(self, first, g, out, packed):
+        flat, layout = packed
+        self.graphs[first], self.outs[first], self.packed[first], self.layouts[first] = g, out, flat, layout
+        self.extras[first] = {k: flat[a:b].view(shape) for k, shape, a, b in layout}  # views of the packed buffer
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, segments_done: int) -> SegmentOutput:
@@ -124,6 +119,15 @@ class GraphedStepper:
             a.copy_(src.expand_as(a))
         for z, src in zip(self.Z, state.normalizer):
             z.copy_(src.expand_as(z))
+
+
+def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, tuple, int, int]]]:
+    """Tensors as one flat float32 tensor plus its layout [(name, shape, start, stop)], so one copy moves them all."""
+    layout, i = [], 0
+    for k, t in stats.items():
+        layout.append((k, tuple(t.shape), i, i + t.numel()))
+        i += t.numel()
+    return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
 
 
 @functools.cache

@@ -102,13 +102,7 @@ def _snapshot(state: MemoryState) -> MemoryState:
 
 
 def _layout(stepper) -> list:
-    layouts = []
-    for first in stepper.extras:
-        i, lay = 0, []
-        for k, t in stepper.extras[first].items():
-            lay.append((k, tuple(t.shape), i, i + t.numel()))
-            i += t.numel()
-        layouts.append(lay)
+    layouts = list(stepper.layouts.values())
     assert all(lay == layouts[0] for lay in layouts), "first and later segments must pack the same statistics"
     return layouts[0]
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model.fast import pack
+
 __all__ = ["segment_statistics", "SUMMARY_STATS", "pack", "unpack", "to_host", "singular_values"]
 
 SUMMARY_STATS = ("assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max",
@@ -59,15 +61,6 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
         s["write_delta"] = stack(hooked[("hook_write_delta", l)].float().expand(B, mem, -1) for l in range(n_layers))
         s.update(write_gate=gate, write_correction=corr, write_prev_value_norm=prev)
     return s
-
-
-def pack(stats: dict[str, Tensor]) -> tuple[Tensor, list[tuple[str, tuple, int, int]]]:
-    """All statistics of a segment as one flat float32 tensor plus its layout [(name, shape, start, stop)]."""
-    layout, i = [], 0
-    for k, t in stats.items():
-        layout.append((k, tuple(t.shape), i, i + t.numel()))
-        i += t.numel()
-    return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
 
 
 def unpack(flat: np.ndarray, layout) -> dict[str, np.ndarray]:
