@@ -41,9 +41,10 @@ def build(c, device, dtype):
     return m.to(device=device, dtype=dtype).eval()
 
 
-def timeit(fn, sync, reps=3):
-    fn()
-    sync()
+def timeit(fn, sync, reps=3, warm=True):
+    if warm:
+        fn()
+        sync()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -79,20 +80,47 @@ def main(argv=None):
           f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}", flush=True)
     print(f"{'path':<48} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}", flush=True)
 
+    def run_ref():
+        with torch.no_grad():
+            ref(ids)
+
+    def paired(fn, reps=3):
+        """(best time of fn, best time of the reference), the two timed alternately, so that a change in
+        machine load during the run affects both sides of the ratio alike."""
+        fn()
+        sync()
+        tf = tr = float("inf")
+        for _ in range(reps):
+            tr = min(tr, timeit(run_ref, sync, reps=1, warm=False))
+            tf = min(tf, timeit(fn, sync, reps=1, warm=False))
+        return tf, tr
+
     class Rows(list):
         def append(self, r):
             super().append(r)
-            name, t, bpt = r
-            print(f"{name:<48} {n / t:>10.0f} {self[0][1] / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}", flush=True)
+            name, (t, t_ref), bpt = r
+            print(f"{name:<48} {n / t:>10.0f} {t_ref / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}", flush=True)
     rows = Rows()
     with torch.no_grad():
-        t_ref = timeit(lambda: ref(ids), sync)
-        rows.append(("official-order reference", t_ref, None))
+        t_ref = timeit(run_ref, sync)
+        rows.append(("official-order reference", (t_ref, t_ref), None))
 
         def plain():
             for _ in m.stream([ids]):
                 pass
-        rows.append(("armt_viz plain forward (stream)", timeit(plain, sync), None))
+        rows.append(("armt_viz plain forward (stream)", paired(plain), None))
+        if device == "cpu":
+            from armt_viz.model.fast import fast_stream
+            from armt_viz.model.lean import LeanStep
+            lean = LeanStep(m)
+            eager = torch.cat([o.logits for o in m.stream([ids])], 1)
+            got = torch.cat([o.logits for o in fast_stream(m, ids, lean)], 1)
+            err = ((got - eager).abs().max() / eager.abs().max()).item()
+
+            def fast_cpu():
+                for _ in fast_stream(m, ids, lean):
+                    pass
+            rows.append((f"armt_viz lean CPU forward (rel err {err:.1e})", paired(fast_cpu), None))
         if device == "cuda":
             from armt_viz.model.fast import GraphedStepper, fast_stream
             stepper = GraphedStepper(m, 1)
@@ -103,7 +131,7 @@ def main(argv=None):
             def fast():
                 for _ in fast_stream(m, ids, stepper):
                     pass
-            rows.append((f"armt_viz CUDA-graph forward (rel err {err:.1e})", timeit(fast, sync), None))
+            rows.append((f"armt_viz CUDA-graph forward (rel err {err:.1e})", paired(fast), None))
             cstepper = GraphedStepper(m, 1, compile_memory=True)
             compiled = torch.cat([o.logits.clone() for o in fast_stream(m, ids, cstepper)], 1)
             err = ((compiled.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
@@ -111,16 +139,19 @@ def main(argv=None):
             def fast_compiled():
                 for _ in fast_stream(m, ids, cstepper):
                     pass
-            rows.append((f"  + compiled memory math (rel err {err:.1e})", timeit(fast_compiled, sync), None))
-    for level in a.levels:
+            rows.append((f"  + compiled memory math (rel err {err:.1e})", paired(fast_compiled), None))
+    runs = [(level, True) for level in a.levels]
+    if device == "cpu" and "summary" in a.levels:
+        runs.insert(1, ("summary", False))  # the HF-wrapped step, for comparison with the lean one
+    for level, fast in runs:
         if level == "full" and c["d"] > 256:
             continue
         with tempfile.TemporaryDirectory() as d:
             store = Path(d) / "t.zarr"
-            t = timeit(lambda: av.record(m, ids, store=store, level=level, progress=False,
-                                         storage_dtype=a.storage_dtype), sync, reps=2)
+            t = paired(lambda: av.record(m, ids, store=store, level=level, progress=False,
+                                         storage_dtype=a.storage_dtype, fast=fast), reps=2)
             size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and "_resume" not in f.parts)
-        rows.append((f"record level={level} ({a.storage_dtype})", t, size / n))
+        rows.append((f"record level={level} ({a.storage_dtype}){'' if fast else ', fast=False'}", t, size / n))
     print("done", flush=True)
 
 

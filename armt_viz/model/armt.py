@@ -121,12 +121,13 @@ class _StepContext:
 class _Slot:
     """Shared by the model and its blocks: the context of the step in progress, or None."""
 
-    __slots__ = ("ctx", "ablate_read", "kernels")
+    __slots__ = ("ctx", "ablate_read", "kernels", "lean")
 
     def __init__(self):
         self.ctx: _StepContext | None = None
         self.ablate_read = False
         self.kernels: Kernels = EAGER_KERNELS
+        self.lean = None  # a lean.LeanStep while `use_lean` is active
 
 
 class AssociativeBlock(nn.Module):
@@ -362,6 +363,10 @@ class ARMTModel(nn.Module):
         M = self.config.num_mem_tokens
         state = state if state is not None else self.init_state(B, input_ids.device)
         state = self._sync_device(state, input_ids.device)
+        seg = state.segments if segment is None else segment
+        if self._slot.lean is not None and attention_mask is None and write and not torch.is_grad_enabled() \
+                and not torch.is_autocast_enabled("cpu"):
+            return self._slot.lean(input_ids, state, seg)
         x = self._embed_segment(input_ids)
         # Always pass an explicit mask (the official wrapper does too): with mask=None, transformers 5
         # reads non-monotonic position_ids (wrap_pos) as packed sequences and cuts memory off the text.
@@ -380,7 +385,6 @@ class ARMTModel(nn.Module):
             out = self.backbone(inputs_embeds=x, attention_mask=am, position_ids=pos, use_cache=False)
         logits = out.logits[:, :L]
         new_state = MemoryState(tuple(ctx.new_assoc), tuple(ctx.new_normalizer), state.segments + 1) if write else state
-        seg = state.segments if segment is None else segment
         return SegmentOutput(logits, new_state, seg, input_ids)
 
     @staticmethod

@@ -130,6 +130,16 @@ def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, 
     return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
 
 
+def _lean_stream(model: ARMTModel, ids: torch.Tensor, lean):
+    ids = model._check_ids(ids)
+    S = model.config.segment_size
+    state = model.init_state(ids.shape[0])
+    for i, start in enumerate(range(0, ids.shape[1], S)):
+        out = lean(ids[:, start:start + S], state, i)
+        state = out.state
+        yield out
+
+
 @functools.cache
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """One warm-up stream per device for every capture. cuBLAS keeps a workspace (32 MiB on an H100) for each
@@ -138,12 +148,16 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 @torch.no_grad()
-def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper: GraphedStepper | None = None, *,
-                compile_memory: bool = False):
-    """Like `model.stream([ids])` but full segments replay a CUDA graph. Yields SegmentOutputs whose
-    logits/state are views of static buffers, valid until the next segment (copy what you keep).
-    A stepper can be reused across calls (each call starts from a fresh memory); `compile_memory`
-    applies when no stepper is given (see GraphedStepper)."""
+def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper=None, *, compile_memory: bool = False):
+    """Like `model.stream([ids])`, fast. On CUDA full segments replay a CUDA graph and the yielded
+    SegmentOutputs' logits/state are views of static buffers, valid until the next segment (copy what
+    you keep); a GraphedStepper can be reused across calls (each call starts from a fresh memory) and
+    `compile_memory` applies when none is given. On the CPU every segment runs the lean step
+    (`lean.LeanStep`, which can also be passed as `stepper`); outputs are ordinary tensors."""
+    if model.memory.device.type == "cpu" and not isinstance(stepper, GraphedStepper):
+        from .lean import LeanStep
+        yield from _lean_stream(model, ids, stepper or LeanStep(model))
+        return
     stepper = stepper or GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
     S = model.config.segment_size
     n_full = ids.shape[1] // S

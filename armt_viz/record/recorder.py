@@ -10,6 +10,8 @@ an uninterrupted run. RAM stays flat: nothing but the current chunk is held.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import platform
@@ -25,6 +27,7 @@ import xarray as xr
 
 from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
+from ..model.lean import lean_eligible, use_lean
 from ..trace.io import open_trace
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
@@ -143,6 +146,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         ledger: task ledger (xarray, dim `event`) stored as `ledger_*` variables.
         fast: on CUDA, replay the step and the statistics as a CUDA graph when possible (same values);
             "compile" also fuses the memory math with torch.compile (equal to rounding; ~15 s to compile).
+            On the CPU, run the lean step (`armt_viz.model.lean`: oneDNN products over prepacked weights, fused
+            elementwise work; equal to rounding) when the model allows it. False: the HF-wrapped step.
         check_finite: stop with a FloatingPointError naming the segment and layer where a NaN/Inf first
             appears in the memory-token activations, the memory (A, z), the read-outs or the logits
             (the committed prefix stays intact). The check reuses the per-segment norms, so it is cheap.
@@ -282,7 +287,9 @@ class _Recording:
         seg_index = self.start_segment
         self.flusher = BackgroundFlusher(background=model.memory.device.type == "cuda")
         try:
-            with model.hooks(cap.hooks(model)), torch.no_grad():
+            # on the CPU the eager loop runs the lean step (same values, oneDNN products, fewer ops)
+            lean = use_lean(model) if self.fast and lean_eligible(model) is None else contextlib.nullcontext()
+            with model.hooks(cap.hooks(model)), torch.no_grad(), lean:
                 if self.fast and graph_record_eligible(model, self):
                     state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar, kf_rows)
                     chunks = [leftover] if leftover is not None else []

@@ -42,6 +42,7 @@ def test_emulated_graph_recorder_equals_the_eager_recorder(model, monkeypatch, l
         used.append(True)
         return real(*a, **k)
     monkeypatch.setattr(recorder, "graph_record_eligible", lambda m, rec: rec.rank <= 1 and not rec.probes)
+    monkeypatch.setattr(recorder, "lean_eligible", lambda m: "the partial tail runs the HF step, as fast=False does")
     monkeypatch.setattr(recorder, "run_graphed", spy)
     graphed = av.record(model, _chunks(ids, [S - 3, 2 * S + 5, 7]), **kw)
     assert used, "the graph path did not run"

@@ -1,0 +1,296 @@
+"""CPU fast path: the whole segment step as one function over prepacked weights.
+
+On a CPU the HF-wrapped step (`ARMTModel.step`) spends about half its time outside arithmetic:
+HF's module calls and mask building, the half-dozen elementwise kernels of `gelu_new`, the DPFP's
+eleven small ops, and -- the largest single item -- fp32 matrix products through MKL, which on AMD
+CPUs runs its AVX2 code (about 105 GFLOP/s on one Zen 5 core where oneDNN's AVX-512 kernels reach
+about 210). `LeanStep` computes the same segment step -- embed, per layer read -> block -> write,
+final norm, logits -- directly from the weights:
+
+* every linear map is a oneDNN inner product over a weight prepacked once per `LeanStep`, with the
+  GELU fused into the MLP's first product and the residual add into each block's output projection;
+* the read and the write's v-bar are one product each against [A | z] (numerator and denominator
+  together), and the write is one `baddbmm` for A and one for z;
+* DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical);
+* attention is `scaled_dot_product_attention(is_causal=True)`; logits only for the segment's tokens.
+
+The memory hook points fire with the same tensors, in the same order, as in `AssociativeBlock`, so
+every observer (the recorder at all levels, probes, user hooks) works unchanged. Only the memory
+hook points exist on this path: hooks on the HF modules do not fire (they are not called).
+
+Exactness: the same math in another summation order; logits and state match the HF-wrapped step to
+about 1e-6 relative in float32 (tested at 1e-5). Eligibility (`LeanStep.why_not`): a GPT-2 backbone
+on the CPU in float32, eval mode, no autograd, no autocast, no padding mask, one memory head. Used by
+`record(fast=True)` (the default) and `fast_stream` on the CPU; `model.step` runs it inside
+`with use_lean(model):`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .armt import ARMTModel, MemoryState, SegmentOutput, STATE_DTYPE
+
+__all__ = ["LeanStep", "use_lean", "lean_eligible"]
+
+_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))
+
+
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class _Linear:
+    """y = x W^T + b (x 2-D), optionally fused with tanh-GELU or a residual add. oneDNN with a weight
+    packed once when available, else F.linear."""
+
+    __slots__ = ("w", "b", "plain")
+
+    def __init__(self, weight_out_in: Tensor, bias: Tensor | None, rows_hint: int):
+        w = weight_out_in.detach().contiguous()
+        self.plain = w
+        self.b = None if bias is None else bias.detach().contiguous()
+        self.w = torch.ops.mkldnn._reorder_linear_weight(w, rows_hint) if _onednn() else None
+
+    def __call__(self, x: Tensor, gelu: bool = False, add: Tensor | None = None) -> Tensor:
+        if self.w is None:
+            y = F.linear(x, self.plain, self.b)
+            if gelu:
+                y = F.gelu(y, approximate="tanh")
+            return y if add is None else add + y
+        if add is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, add, self.w, self.b, "add")
+        if gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu", [], "tanh")
+        return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+
+
+def _matmul_t(x: Tensor, w_t: Tensor) -> Tensor:
+    """x [rows, k] @ w_t [k, n] for a weight that changes every call (the memory): oneDNN on a transposed view."""
+    if _onednn():
+        return torch.ops.mkldnn._linear_pointwise(x, w_t.t(), None, "none", [], "")
+    return x @ w_t
+
+
+def _identity(t: Tensor) -> tuple:
+    """Same memory, layout and version (in-place edits bump the version shared by views and detached copies)."""
+    return t.data_ptr(), t.shape, t.stride(), t._version
+
+
+def lean_eligible(model: ARMTModel) -> str | None:
+    """None if `LeanStep` can run this model, else why not (one sentence)."""
+    return LeanStep.why_not(model)
+
+
+class LeanStep:
+    """The segment step of `model` on the CPU (see module docstring). Build once per run: it copies and
+    packs the weights, so later weight changes need a new LeanStep."""
+
+    def __init__(self, model: ARMTModel):
+        reason = self.why_not(model)
+        if reason:
+            raise ValueError(f"LeanStep cannot run this model: {reason}")
+        cfg, bb = model.config, model.backbone
+        self.model, self.cfg = model, cfg
+        hf = bb.config
+        rows = cfg.segment_size + cfg.num_mem_tokens
+        tr = bb.transformer
+        self.wte, self.wpe = tr.wte.weight.detach(), tr.wpe.weight.detach()
+        self.ln_f = (tr.ln_f.weight.detach(), tr.ln_f.bias.detach(), tr.ln_f.eps)
+        head = bb.lm_head
+        self.lm_head = _Linear(head.weight, head.bias, cfg.segment_size)
+        self.n_head = hf.n_head
+        self.act = hf.activation_function
+        self.layers = []
+        for i, blk in enumerate(model.blocks):
+            g = blk.layer
+            scale = (g.attn.head_dim ** -0.5) if hf.scale_attn_weights else 1.0
+            if hf.scale_attn_by_inverse_layer_idx:
+                scale /= float(i + 1)
+            conv = lambda m: _Linear(m.weight.t(), m.bias, rows)  # noqa: E731  (Conv1D: x @ W + b, W [in, out])
+            self.layers.append(dict(
+                ln1=(g.ln_1.weight.detach(), g.ln_1.bias.detach(), g.ln_1.eps),
+                ln2=(g.ln_2.weight.detach(), g.ln_2.bias.detach(), g.ln_2.eps),
+                qkv=conv(g.attn.c_attn), proj=conv(g.attn.c_proj), fc=conv(g.mlp.c_fc), out=conv(g.mlp.c_proj),
+                scale=scale,
+                mq=_Linear(blk.W_mq.weight, None, rows),
+                # the write's three maps of the M memory tokens as one small product (MKL: few rows)
+                kvb_w=torch.cat([blk.W_mk.weight, blk.W_mv.weight, blk.W_mb.weight]).detach(),
+                kvb_b=torch.cat([torch.zeros(cfg.d_mem + model.d_model), blk.W_mb.bias.detach()]),
+                hooks=blk.memory,
+            ))
+        self._last = None  # per layer: (identity of A, identity of z, [A | z]) of the state the last call returned
+        self._pos_cache: dict[int, Tensor] = {}
+
+    @staticmethod
+    def why_not(model: ARMTModel) -> str | None:
+        cfg = model.config
+        if model.adapter.family != "gpt2":
+            return f"the lean CPU step implements the GPT-2 backbone, this model's is {model.adapter.family!r}"
+        if model.memory.device.type != "cpu":
+            return f"the lean step is for the CPU, the model is on {model.memory.device}"
+        if model.memory.dtype != torch.float32:
+            return f"the lean step runs float32 weights, the model's are {model.memory.dtype}"
+        if cfg.n_heads != 1:
+            return f"the lean step implements one memory head, the model has n_heads={cfg.n_heads}"
+        hf = model.backbone.config
+        if getattr(hf, "add_cross_attention", False):
+            return "the GPT-2 backbone has cross-attention"
+        if hf.activation_function not in _GELU_TANH + ("gelu", "relu", "silu"):
+            return f"activation {hf.activation_function!r} is not implemented by the lean step"
+        return None
+
+    # ------------------------------------------------------------------ memory math (one head)
+    def _features(self, x: Tensor) -> Tensor:
+        """DPFP of [rows, d_mem] -> [rows, 2*nu*d_mem] with the products of memory.dpfp in its order
+        (bit-identical): x' = relu([x, -x]) and roll(x', j) = a slice of relu([x, -x, x, -x])."""
+        n, nu = 2 * x.shape[-1], self.cfg.nu
+        y = torch.cat([x, -x, x, -x], dim=-1).clamp_min_(0)
+        phi = torch.empty(x.shape[0], nu * n, dtype=x.dtype)
+        for j in range(1, nu + 1):  # roll(x', j)[i] = x'[(i - j) mod n] = y[n - j + i]
+            torch.mul(y[:, :n], y[:, n - j:2 * n - j], out=phi[:, (j - 1) * n:j * n])
+        if self.cfg.normalize_features:
+            phi = F.normalize(phi, dim=-1)
+        return phi
+
+    def _memory(self, state: MemoryState, i: int) -> Tensor:
+        """[A | z] of layer i as one [b, F, D+1] matrix ([b, F, D] without a normalizer): one product
+        then gives the numerators and the denominator of a read. Reused from the last write when
+        `state` still holds that write's tensors (also detached, unmodified)."""
+        A, z = state.assoc[i], state.normalizer[i]
+        if self._last is not None and self._last[i][0] == _identity(A) and self._last[i][1] == _identity(z):
+            return self._last[i][2]
+        if not self.cfg.use_denom:
+            return A[:, 0]
+        return torch.cat([A[:, 0], z[:, 0, :, None]], dim=-1)
+
+    def _recall(self, phi: Tensor, Az: Tensor, B: int) -> tuple[Tensor, Tensor]:
+        """Numerators A^T phi [B, n, D] and denominators z.phi + eps [B, n, 1] for phi [B*n, F]."""
+        cfg = self.cfg
+        D = self.model.d_model
+        if Az.shape[0] == 1:
+            out = (_matmul_t(phi, Az[0]) if phi.shape[0] >= 64 else phi @ Az[0]).reshape(B, -1, Az.shape[-1])
+        else:
+            out = torch.bmm(phi.reshape(B, -1, phi.shape[-1]), Az)
+        num = out[..., :D]
+        den = out[..., D:] + cfg.eps if cfg.use_denom else torch.ones_like(out[..., :1])
+        return num, den
+
+    def _write(self, hk, m: Tensor, Az: Tensor, first: bool, B: int, lay: dict) -> Tensor:
+        """Delta-rule write of the M memory tokens m [B, M, d]; returns the new [A | z]."""
+        cfg = self.cfg
+        M, D, dm = cfg.num_mem_tokens, self.model.d_model, cfg.d_mem
+        kvb = F.linear(m.reshape(B * M, -1), lay["kvb_w"], lay["kvb_b"])  # W_mk, W_mv, W_mb in one product
+        k = self._features(hk.hook_write_key(kvb[:, :dm].reshape(B, M, dm)).reshape(B * M, dm))
+        v = hk.hook_write_value(kvb[:, dm:dm + D].reshape(B, M, D))
+        beta = hk.hook_write_gate(torch.sigmoid(kvb[:, dm + D:]).reshape(B, M, -1))
+        k3 = k.reshape(B, M, -1)
+        if first:
+            vbar = torch.zeros_like(v)
+            gamma = torch.ones(B, M, 1, dtype=k.dtype)
+        else:
+            num, den = self._recall(k, Az, B)
+            vbar = num / den
+            if cfg.use_denom and cfg.correction:
+                knorm = (k3 * k3).sum(-1, keepdim=True) + (cfg.eps if cfg.gamma_eps else 0.0)
+                gamma = torch.clamp(1 - den / knorm, 0, 1)
+            else:
+                gamma = torch.ones(B, M, 1, dtype=k.dtype)
+        delta = beta * (v - vbar)
+        hk.hook_write_prev_value(vbar)
+        hk.hook_correction(gamma)
+        hk.hook_write_delta(delta)
+        # A += sum_j k_j (x) delta_j and z += sum_j gamma_j k_j, as one product: k^T [delta | gamma]
+        upd = torch.cat([delta, gamma], dim=-1) if cfg.use_denom else delta
+        return torch.baddbmm(Az, k3.transpose(1, 2), upd)
+
+    # ------------------------------------------------------------------ the step
+    def _act(self, y: Tensor) -> Tensor:
+        return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[self.act](y)
+
+    def __call__(self, input_ids: Tensor, state: MemoryState, segment: int) -> SegmentOutput:
+        D = self.model.d_model
+        # inference mode drops autograd's per-op bookkeeping (~6 % of this step); what leaves the step is
+        # copied out of it, so logits and state are ordinary tensors (hooked tensors are inference tensors)
+        with torch.inference_mode():
+            logits, new_Az = self._forward(input_ids, state)
+        logits, new_Az = logits.clone(), [az.clone() for az in new_Az]
+        new_A, new_Z = [], []
+        for i, (lay, az) in enumerate(zip(self.layers, new_Az)):
+            hk = lay["hooks"]
+            new_A.append(hk.hook_assoc_matrix(az[..., :D].unsqueeze(1)))  # views of [A | z]
+            if self.cfg.use_denom:
+                z_new = az[..., D].unsqueeze(1)
+            else:
+                z_new = state.normalizer[i].expand(input_ids.shape[0], 1, -1).clone()
+            new_Z.append(hk.hook_normalizer(z_new))
+        self._last = [(_identity(a), _identity(z), az) for a, z, az in zip(new_A, new_Z, new_Az)]
+        return SegmentOutput(logits, MemoryState(tuple(new_A), tuple(new_Z), state.segments + 1), segment, input_ids)
+
+    def _forward(self, input_ids: Tensor, state: MemoryState) -> tuple[Tensor, list[Tensor]]:
+        model, cfg = self.model, self.cfg
+        B, L = input_ids.shape
+        M = cfg.num_mem_tokens
+        T = L + M
+        x = torch.cat([F.embedding(input_ids, self.wte), self.memory_rows(B)], dim=1) + self._positions(L)
+        h = x.reshape(B * T, -1)
+        read = not state.first and not model._slot.ablate_read
+        fused_gelu = self.act in _GELU_TANH
+        new_Az = []
+        for i, lay in enumerate(self.layers):
+            hk = lay["hooks"]
+            Az = self._memory(state, i)
+            if read:
+                phi = self._features(lay["mq"](h))
+                hk.hook_read_query(phi.reshape(B, T, 1, -1))
+                num, den = self._recall(phi, Az, B)
+                hk.hook_read_denominator(den)
+                if hk.active("hook_read_out"):
+                    h = h + hk.hook_read_out(num / den).reshape(B * T, -1)
+                else:
+                    h = torch.addcdiv(h.reshape(B, T, -1), num, den).reshape(B * T, -1)
+            h_in = h
+            a = F.layer_norm(h, h.shape[-1:], *lay["ln1"])
+            qkv = lay["qkv"](a).reshape(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+            att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True, scale=lay["scale"])
+            h = lay["proj"](att.transpose(1, 2).reshape(B * T, -1), add=h)
+            a = F.layer_norm(h, h.shape[-1:], *lay["ln2"])
+            f = lay["fc"](a, gelu=True) if fused_gelu else self._act(lay["fc"](a))
+            h = lay["out"](f, add=h)
+            if hk.active("hook_mem_input"):
+                hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
+            mem_out = hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:])
+            new_Az.append(self._write(hk, mem_out, Az, state.first, B, lay))
+        hs = h.reshape(B, T, -1)[:, :L].reshape(B * L, -1)
+        logits = self.lm_head(F.layer_norm(hs, hs.shape[-1:], *self.ln_f)).reshape(B, L, -1)
+        return logits, new_Az
+
+    def _positions(self, L: int) -> Tensor:
+        """Position embeddings of the L tokens and M memory tokens (cached per L)."""
+        pe = self._pos_cache.get(L)
+        if pe is None:
+            M, P = self.cfg.num_mem_tokens, self.model.mem_position
+            pos = torch.arange(L + M) if P is None else torch.cat([torch.arange(L), torch.arange(P, P + M)])
+            pe = self._pos_cache[L] = self.wpe[pos]
+        return pe
+
+    def memory_rows(self, B: int) -> Tensor:
+        return self.model.memory.detach().unsqueeze(0).expand(B, -1, -1)
+
+
+@contextlib.contextmanager
+def use_lean(model: ARMTModel, lean: LeanStep | None = None):
+    """Inside the block, `model.step` (and so `stream`, `forward` and `record`) runs the lean CPU step for
+    segments it can take (no padding mask, writing, no autograd); others take the HF path as usual."""
+    lean = lean or LeanStep(model)
+    old = model._slot.lean
+    model._slot.lean = lean
+    try:
+        yield lean
+    finally:
+        model._slot.lean = old
