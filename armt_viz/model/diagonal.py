@@ -273,6 +273,7 @@ def diagonal_stream(model: ARMTModel, ids: Tensor, *, group: int | None = None, 
     if torch.is_grad_enabled():
         raise ValueError("diagonal_stream is inference-only, but grad is enabled; call it under torch.no_grad() "
                          "or torch.inference_mode(), or use model.stream(..., grad=True) for gradients")
+    _check_model(model)  # every call: the executor is cached, but mode and config may have changed
     ex = _executor(model)
     group = DEFAULT_GROUP if group is None else group
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
