@@ -121,6 +121,17 @@ def main(argv=None):
                                          storage_dtype=a.storage_dtype), sync, reps=2)
             size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file() and "_resume" not in f.parts)
         rows.append((f"record level={level} ({a.storage_dtype})", t, size / n))
+    # issue 7: the layer x segment grid by anti-diagonals, one grouped call per diagonal (no host sync inside)
+    from armt_viz.model.diagonal import diagonal_stream
+    with torch.no_grad():
+        eager = torch.cat([o.logits for o in m.stream([ids])], 1)
+        diag = torch.cat([o.logits for o in diagonal_stream(m, ids)], 1)
+        err = ((diag.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
+
+        def diagonal():
+            for _ in diagonal_stream(m, ids):
+                pass
+        rows.append((f"armt_viz diagonal batching (rel err {err:.1e})", timeit(diagonal, sync), None))
     print("done", flush=True)
 
 
