@@ -25,9 +25,16 @@ memory read/write as the functions of `memory.py` with `cell*batch` as their bat
 A and z are rows of one stacked [layer, batch, heads, key_feature, hidden/heads] buffer). Positions
 are 0 .. S+M-1 in every segment (wrap_pos=False only), so one position table serves every cell.
 
-Windows: a long input runs `group` segments at a time; the memory buffer carries over, so
-activations never exceed one window's (n+1 diagonals of at most L cells). A trailing partial
-segment runs through `model.step` with the final state.
+Windows: a long input runs `group` segments at a time; the memory buffer carries over, so what is
+alive is one window's input embeddings plus two diagonals of at most L cells, whatever the stream
+length. A trailing partial segment runs through `model.step` with the final state.
+
+CUDA: the loop has no host synchronisation (the schedule is static Python ints), but each diagonal
+is still dozens of launches. Capturing one diagonal as a CUDA graph would need fixed shapes: the
+steady-state diagonals (all L layers active) share one shape, the fill/drain diagonals (and the
+first-segment cell of a fresh stream) would need their own graphs or padding with masked cells, and
+the hidden/state buffers would have to become static (a rolling [layer, ...] buffer as in the
+paper's GroupedBatcher instead of `torch.cat`).
 
 Not in this path: the memory hook points (`block.memory.hook_*`) do not fire, and
 `model.memory_kernels(...)` is ignored (the eager functions of memory.py are used).
