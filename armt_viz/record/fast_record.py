@@ -60,8 +60,11 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
         while buf.shape[1] >= S:
             n = min(buf.shape[1] // S, rc.chunk_segments)
             block, buf = buf[:, :n * S], buf[:, n * S:]
-            block_dev = block.pin_memory().to(dev, non_blocking=True) if cuda else block.to(dev)
-            block_np = block.numpy().astype(np.int32)
+            if cuda and block.device.type == "cpu":
+                block_dev = block.pin_memory().to(dev, non_blocking=True)
+            else:  # ids already on the device (or an emulated graph): no pinning
+                block_dev = block.to(dev)
+            block_np = block.cpu().numpy().astype(np.int32)
             for j in range(n):
                 if stepper is None:
                     stepper = _make_stepper(model, block.shape[0], caps, extra, compile_memory=rec.fast == "compile",
