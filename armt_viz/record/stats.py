@@ -30,24 +30,26 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     """
     n_layers = len(out.state.assoc)
     B, L = out.logits.shape[:2]
-    stack = lambda xs: torch.stack(list(xs), 1)  # noqa: E731  (over layers)
+    layers = range(n_layers)
+    norms = lambda xs: torch.stack([torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim))) for x in xs], 1)  # noqa: E731
     s = {
-        "assoc_norm": stack(a.flatten(1).norm(dim=1) for a in out.state.assoc),
-        "normalizer_norm": stack(z.flatten(1).norm(dim=1) for z in out.state.normalizer),
-        "write_delta_norm": stack((a - p).flatten(1).norm(dim=1) for a, p in zip(out.state.assoc, prev_assoc)),
+        "assoc_norm": norms(out.state.assoc),
+        "normalizer_norm": norms(out.state.normalizer),
+        "write_delta_norm": norms(a - p for a, p in zip(out.state.assoc, prev_assoc)),
     }
+    # one tensor per hook point with a layer axis, then one reduction each (not one per layer)
+    per_layer = lambda name, sl=slice(None): torch.stack([hooked[(name, l)][:, sl] for l in layers], 1).float()  # noqa: E731
     if ("hook_read_out", 0) in hooked:
-        rn = [hooked[("hook_read_out", l)][:, :L].float().norm(dim=-1) for l in range(n_layers)]
-        s["read_out_norm_mean"] = stack(r.mean(1) for r in rn)
-        s["read_out_norm_max"] = stack(r.amax(1) for r in rn)
-        s["read_denominator_mean"] = stack(hooked[("hook_read_denominator", l)][:, :L].float().mean((1, 2))
-                                           for l in range(n_layers))
+        rn = torch.linalg.vector_norm(per_layer("hook_read_out", slice(0, L)), dim=-1)  # [B, layer, tokens]
+        s["read_out_norm_mean"] = rn.mean(-1)
+        s["read_out_norm_max"] = rn.amax(-1)
+        s["read_denominator_mean"] = per_layer("hook_read_denominator", slice(0, L)).mean((2, 3))
     else:
         for k in ("read_out_norm_mean", "read_out_norm_max", "read_denominator_mean"):
             s[k] = torch.zeros(B, n_layers, device=out.logits.device)
-    gate = stack(hooked[("hook_write_gate", l)].float().mean(-1) for l in range(n_layers))  # [B, layer, mem]
-    corr = stack(hooked[("hook_correction", l)].float().expand(B, mem, heads) for l in range(n_layers))
-    prev = stack(hooked[("hook_write_prev_value", l)].float().norm(dim=-1).expand(B, mem) for l in range(n_layers))
+    gate = per_layer("hook_write_gate").mean(-1).expand(B, n_layers, mem)  # [B, layer, mem]
+    corr = per_layer("hook_correction").expand(B, n_layers, mem, heads)
+    prev = torch.linalg.vector_norm(per_layer("hook_write_prev_value"), dim=-1).expand(B, n_layers, mem)
     s.update(write_gate_mean=gate.mean(-1), correction_mean=corr.mean((2, 3)), correction_min=corr.amin((2, 3)),
              prev_value_norm_mean=prev.mean(-1))
     if L > 1:
@@ -57,8 +59,8 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     else:
         s["segment_loss"] = torch.full((B,), float("nan"), device=out.logits.device)
     if writes:
-        s["write_key"] = stack(hooked[("hook_write_key", l)].float() for l in range(n_layers))
-        s["write_delta"] = stack(hooked[("hook_write_delta", l)].float().expand(B, mem, -1) for l in range(n_layers))
+        s["write_key"] = per_layer("hook_write_key")
+        s["write_delta"] = per_layer("hook_write_delta").expand(B, n_layers, mem, -1)
         s.update(write_gate=gate, write_correction=corr, write_prev_value_norm=prev)
     return s
 

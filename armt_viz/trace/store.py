@@ -210,7 +210,7 @@ class TraceWriter:
             ) from exc
 
     # ------------------------------------------------------------------ arrays
-    def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
+    def _array_spec(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None) -> dict:
         var = SCHEMA.get(name)
         chunks = []
         for d, s in zip(dims, shape):
@@ -225,16 +225,11 @@ class TraceWriter:
         attrs = {"long_name": var.long_name, "units": var.units} if var else {}
         if fill is None:
             fill = np.nan if np.dtype(dtype).kind == "f" else (-1 if np.dtype(dtype).kind == "i" else 0)
-        return self.group.create_array(
-            name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
-            attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill,
-        )
+        return dict(name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
+                    attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill)
 
-    def _array(self, name, dims, row_shape, dtype):
-        if name in self.group:
-            return self.group[name]
-        shape = tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, row_shape))
-        return self._create(name, dims, shape, dtype)
+    def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
+        return self.group.create_array(**self._array_spec(name, dims, shape, dtype, fill))
 
     def append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         """Append `rows[name] = (dims, array)` along `dim` (the arrays carry n new rows on that axis)."""
@@ -242,6 +237,11 @@ class TraceWriter:
             self._append(dim, rows)
 
     def _append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
+        """All variables at once: the missing arrays are created concurrently, then every array is resized
+        and written concurrently (two round trips to zarr's event loop instead of two or three per
+        variable, ~0.7 ms each). Safe for crashes as before: nothing counts until `commit`."""
+        from zarr.core.sync import sync
+
         start = self.sizes[dim]
         n = None
         for name, (dims, data) in rows.items():
@@ -249,13 +249,22 @@ class TraceWriter:
             n = data.shape[ax] if n is None else n
             if data.shape[ax] != n:
                 raise ValueError(f"append of {name!r}: {data.shape[ax]} rows, expected {n}")
-            arr = self._array(name, dims, data.shape, data.dtype)
-            new_shape = list(arr.shape)
-            new_shape[ax] = start + n
-            arr.resize(tuple(new_shape))
+        existing = {name for name, _ in self.group.arrays()} if rows else set()
+        missing = [self._array_spec(name, dims, tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, data.shape)),
+                                    data.dtype) for name, (dims, data) in rows.items() if name not in existing]
+        group = self.group._async_group
+        created = dict(zip([m["name"] for m in missing],
+                           sync(_gather(*(group.create_array(**m) for m in missing))) if missing else []))
+
+        async def write(name, dims, data):
+            arr = created.get(name) or await group.getitem(name)
+            ax = dims.index(dim)
+            await arr.resize(tuple(start + n if i == ax else s for i, s in enumerate(arr.shape)))
             sl = [slice(None)] * data.ndim
             sl[ax] = slice(start, start + n)
-            arr[tuple(sl)] = data
+            await arr.setitem(tuple(sl), data)
+        if rows:
+            sync(_gather(*(write(name, dims, data) for name, (dims, data) in rows.items())))
         self.sizes[dim] = start + (n or 0)
 
     def write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
@@ -303,6 +312,11 @@ class TraceWriter:
                         f.unlink()
                     except FileNotFoundError:
                         pass
+
+
+async def _gather(*coros):
+    import asyncio
+    return await asyncio.gather(*coros)
 
 
 def _compressor(dtype):
