@@ -366,6 +366,10 @@ class _Recording:
                   ("prev_value_norm_mean", "the memory-token activations at its output (write value)"),
                   ("assoc_norm", "its memory matrix A after the write"),
                   ("normalizer_norm", "its memory normalizer z after the write"))
+        keys = [key for key, _ in checks]
+        if all(np.isfinite(stats[k]).all() for k in keys) and np.isfinite(loss).all() \
+                and bool(torch.isfinite(logits).all()):
+            return  # the common case: one pass, no per-layer search
         where = None
         for l in range(self.model.n_layers):
             for key, what in checks:
