@@ -193,7 +193,8 @@ class DiagonalExecutor:
         qkv = torch.baddbmm(self.qkv_b[layer], x, self.qkv_w[layer])  # [cell, batch*tokens, 3*hidden]
         q, k, v = (t.reshape(n * B, T, H, hd).transpose(1, 2) for t in qkv.split(d, dim=-1))
         if self.attn_scale is None:  # scales differ per layer: fold them into q
-            scale = self.attn_scale_per_layer[layer].to(q.dtype).repeat_interleave(B).view(n * B, 1, 1, 1)
+            # expand, not repeat_interleave: no data-dependent output size, safe inside a CUDA graph capture
+            scale = self.attn_scale_per_layer[layer].to(q.dtype).view(n, 1).expand(n, B).reshape(n * B, 1, 1, 1)
             attn = F.scaled_dot_product_attention(q * scale, k, v, is_causal=True, scale=1.0)
         else:
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.attn_scale)
