@@ -231,8 +231,11 @@ class DiagonalExecutor:
         autocast setting. A pipeline in use by another live iteration is never handed out twice.
         """
         key = (batch, graph, emulate, self.model._slot.ablate_read, _autocast_key(self.model.memory.device))
-        pipe, self._idle = (self._idle, None) if self._idle is not None and self._idle.key == key else (None, self._idle)
-        return pipe or DiagonalPipeline(self, key, batch, graph=graph, emulate=emulate)
+        idle = self._idle
+        if idle is not None and idle.key == key:
+            self._idle = None  # taken: a second live iteration builds its own
+            return idle
+        return DiagonalPipeline(self, key, batch, graph=graph, emulate=emulate)
 
     def release(self, pipe: "DiagonalPipeline") -> None:
         """Keep `pipe` (its buffers and captured graph) for the next call; only the latest released is kept."""
@@ -298,7 +301,8 @@ class DiagonalPipeline:
 
     def _capture(self) -> None:
         """Warm up on the shared side stream (as fast.GraphedStepper does), capture one steady diagonal,
-        and put the buffers back: the warm-up and the capture run advance a live pipeline."""
+        and put the buffers back (the warm-up runs advanced the live pipeline). Synchronises the device
+        once (torch.cuda.graph does); later calls that get this pipeline from the cache replay at once."""
         from .fast import _side_stream
 
         steady = (0, self.ex.n_layers - 1, False)
@@ -437,6 +441,9 @@ def diagonal_stream(model: ARMTModel, ids: Tensor, *, group: int | None = None, 
 
 def _run(model: ARMTModel, ex: DiagonalExecutor, ids: Tensor, state: MemoryState | None, keep_states: bool,
          graph: bool, emulate: bool) -> Iterator[SegmentOutput]:
+    """The full segments through one pipeline (logits from `last` after each diagonal where hi == L-1;
+    per-layer states cloned from the buffers as they are written, if kept), then a trailing partial
+    segment through `model.step`. The pipeline goes back to the executor's cache when the iteration ends."""
     B, total = ids.shape
     S, L = model.config.segment_size, ex.n_layers
     n_full = total // S
