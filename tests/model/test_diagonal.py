@@ -5,7 +5,8 @@ import torch
 import transformers
 
 import armt_viz as av
-from armt_viz.model.diagonal import DiagonalExecutor, diagonal_stream
+from armt_viz.model import diagonal as diagonal_mod
+from armt_viz.model.diagonal import DiagonalExecutor, DiagonalPipeline, diagonal_stream
 from armt_viz.testing import tiny_model
 
 REL_TOL = 1e-5  # max |diagonal - stream| / max |stream|, float32 (grouped GEMMs only reorder sums)
@@ -56,39 +57,49 @@ def compare(m, ids, state=None, states=False, **kw):
     return ref, got
 
 
+# the two ways through the static buffers on the CPU: steady diagonals as eager calls, or as the
+# emulated graph replay (the very function a CUDA graph would capture, run eagerly)
+MODES = {"eager": dict(graph=False), "emulated-graph": dict(emulate=True)}
+
+# the tiny model has L = 3 layers: streams shorter than L, exactly L, much longer, with partial tails
 CASES = {
-    "one-window": dict(segments=5, tail=0, batch=1, group=None),
-    "windows-not-dividing": dict(segments=5, tail=0, batch=1, group=2),
-    "window-smaller-than-layers": dict(segments=7, tail=0, batch=1, group=2),
-    "window-of-one": dict(segments=3, tail=0, batch=1, group=1),
-    "partial-tail": dict(segments=4, tail=5, batch=1, group=3),
-    "batch-2": dict(segments=5, tail=3, batch=2, group=2),
-    "only-partial": dict(segments=0, tail=5, batch=2, group=2),
-    "correction-off": dict(segments=5, tail=0, batch=2, group=2, armt=dict(correction=False)),
-    "gating": dict(segments=5, tail=2, batch=2, group=4, armt=dict(gating=True)),
-    "memory-heads-2": dict(segments=5, tail=0, batch=2, group=2, armt=dict(n_heads=2)),
-    "normalized-features": dict(segments=4, tail=0, batch=1, group=3, armt=dict(normalize_features=True)),
-    "inverse-layer-scale": dict(segments=5, tail=0, batch=2, group=2, inverse=True),
+    "one-segment": dict(segments=1, tail=0, batch=1),
+    "shorter-than-layers": dict(segments=2, tail=0, batch=2),
+    "exactly-layers": dict(segments=3, tail=0, batch=1),
+    "one-steady": dict(segments=4, tail=0, batch=1),
+    "long": dict(segments=13, tail=0, batch=1),
+    "long-partial-tail": dict(segments=11, tail=5, batch=2),
+    "partial-tail": dict(segments=4, tail=5, batch=1),
+    "batch-2": dict(segments=5, tail=3, batch=2),
+    "only-partial": dict(segments=0, tail=5, batch=2),
+    "correction-off": dict(segments=7, tail=0, batch=2, armt=dict(correction=False)),
+    "gating": dict(segments=7, tail=2, batch=2, armt=dict(gating=True)),
+    "memory-heads-2": dict(segments=5, tail=0, batch=2, armt=dict(n_heads=2)),
+    "normalized-features": dict(segments=4, tail=0, batch=1, armt=dict(normalize_features=True)),
+    "inverse-layer-scale": dict(segments=5, tail=0, batch=2, inverse=True),
 }
 
 
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", list(CASES))
-def test_diagonal_equals_stream(name):
+def test_diagonal_equals_stream(name, mode):
     c = CASES[name]
     m = tiny_gpt2(inverse_layer_scale=c.get("inverse", False), **c.get("armt", {}))
     ids = torch.randint(0, VOCAB, (c["batch"], c["segments"] * S + c["tail"]))
-    compare(m, ids, group=c["group"])
+    compare(m, ids, **MODES[mode])
 
 
-def test_tiny_model_helper_with_two_layers():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_tiny_model_helper_with_two_layers(mode):
     m = tiny_model(std=0.1)
-    compare(m, torch.randint(0, 32, (2, 16 * 5 + 4)), group=3)
+    compare(m, torch.randint(0, 32, (2, 16 * 5 + 4)), **MODES[mode])
 
 
-def test_every_segment_state_with_states_true():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_segment_state_with_states_true(mode):
     m = tiny_gpt2()
     ids = torch.randint(0, VOCAB, (2, 6 * S + 2))
-    ref, got = compare(m, ids, group=4, states=True)
+    ref, got = compare(m, ids, states=True, **MODES[mode])
     for r, g in zip(ref, got):
         assert g.state.segments == r.state.segments
         for layer in range(m.n_layers):
@@ -96,63 +107,179 @@ def test_every_segment_state_with_states_true():
             assert_close(f"z after segment {r.segment}, layer {layer}", r.state.normalizer[layer], g.state.normalizer[layer])
 
 
-def test_states_false_only_window_ends_carry_state():
+def test_states_false_only_the_last_full_and_the_tail_carry_state():
     m = tiny_gpt2()
     with torch.no_grad():
-        got = list(diagonal_stream(m, torch.randint(0, VOCAB, (1, 5 * S + 1)), group=2))
-    assert [o.state is not None for o in got] == [False, True, False, True, True, True]
+        got = list(diagonal_stream(m, torch.randint(0, VOCAB, (1, 5 * S + 1)), emulate=True))
+    assert [o.state is not None for o in got] == [False, False, False, False, True, True]
 
 
-def test_memory_changes_the_logits_and_ablation_is_honoured():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_memory_changes_the_logits_and_ablation_is_honoured(mode):
     m = tiny_gpt2()
-    ids = torch.randint(0, VOCAB, (2, 4 * S))
+    ids = torch.randint(0, VOCAB, (2, 5 * S))
     with torch.no_grad():
-        diag = torch.cat([o.logits for o in diagonal_stream(m, ids, group=3)], 1)
+        diag = torch.cat([o.logits for o in diagonal_stream(m, ids, **MODES[mode])], 1)
         with m.ablate_memory():
-            ablated = torch.cat([o.logits for o in diagonal_stream(m, ids, group=3)], 1)
+            ablated = torch.cat([o.logits for o in diagonal_stream(m, ids, **MODES[mode])], 1)
             ablated_ref = torch.cat([o.logits for o in m.stream([ids])], 1)
+        again = torch.cat([o.logits for o in diagonal_stream(m, ids, **MODES[mode])], 1)  # the cache keys on ablation
     assert_close("ablated logits", ablated_ref, ablated)
     assert (diag[:, S:] - ablated[:, S:]).abs().max() > MEMORY_EFFECT  # reads really happen ...
     assert_close("first segment", ablated[:, :S], diag[:, :S])  # ... but not in the first segment
+    assert_close("not ablated after the ablation", diag, again)
 
 
-def test_starting_state_carries_over():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_starting_state_carries_over(mode):
     m = tiny_gpt2()
-    ids = torch.randint(0, VOCAB, (2, 7 * S))
+    ids = torch.randint(0, VOCAB, (2, 9 * S))
     with torch.no_grad():
         *_, out = m.stream([ids[:, :3 * S]])
-    compare(m, ids[:, 3 * S:], state=out.state, group=3)
+    compare(m, ids[:, 3 * S:], state=out.state, **MODES[mode])
 
 
 def test_weights_changed_in_place_rebuild_the_executor():
     m = tiny_gpt2()
-    ids = torch.randint(0, VOCAB, (1, 3 * S))
-    compare(m, ids, group=2)
+    ids = torch.randint(0, VOCAB, (1, 5 * S))
+    compare(m, ids, emulate=True)
     with torch.no_grad():
         m.blocks[1].W_mv.weight.mul_(3.0)
         m.blocks[0].layer.mlp.c_fc.bias.add_(0.1)
-    compare(m, ids, group=2)
+        m.memory.mul_(1.5)
+    compare(m, ids, emulate=True)
 
 
-@pytest.mark.parametrize("segments,group", [(5, 2), (7, 3), (4, 16), (6, 6)])
-def test_one_grouped_call_per_diagonal(monkeypatch, segments, group):
-    """L + n - 1 grouped calls per window of n segments, and every (layer, segment) cell exactly once."""
+def test_cached_pipeline_is_reused_and_never_shared_by_live_iterations():
+    m = tiny_gpt2()
+    ids = torch.randint(0, VOCAB, (2, 6 * S))
+    with torch.no_grad():
+        ref = [o.logits for o in m.stream([ids])]
+        list(diagonal_stream(m, ids, emulate=True))
+        ex = diagonal_mod._executor(m)
+        cached = ex._idle
+        assert cached is not None
+        # two interleaved iterations: the second must get its own buffers
+        a, b = diagonal_stream(m, ids, emulate=True), diagonal_stream(m, ids[:, :5 * S], emulate=True)
+        got_a, got_b = [], []
+        for _ in range(5):
+            got_a.append(next(a).logits)
+            got_b.append(next(b).logits)
+        assert next(b, None) is None
+        got_a += [o.logits for o in a]
+        list(diagonal_stream(m, ids, emulate=True))
+    for i, r in enumerate(ref):
+        assert_close(f"interleaved A, segment {i}", r, got_a[i])
+        if i < 5:
+            assert_close(f"interleaved B, segment {i}", r, got_b[i])
+    assert ex._idle is not None and ex._idle.key == cached.key
+
+
+def test_inference_mode_then_no_grad_share_the_cached_pipeline():
+    m = tiny_gpt2()
+    ids = torch.randint(0, VOCAB, (1, 5 * S))
+    with torch.inference_mode():
+        first = torch.cat([o.logits for o in diagonal_stream(m, ids, emulate=True)], 1)
+    with torch.no_grad():
+        second = torch.cat([o.logits for o in diagonal_stream(m, ids, emulate=True)], 1)
+        ref = torch.cat([o.logits for o in m.stream([ids])], 1)
+    assert_close("under inference_mode", ref, first)
+    assert_close("then under no_grad", ref, second)
+
+
+def test_group_is_deprecated_and_ignored():
+    m = tiny_gpt2()
+    ids = torch.randint(0, VOCAB, (1, 5 * S))
+    with torch.no_grad():
+        plain = torch.cat([o.logits for o in diagonal_stream(m, ids)], 1)
+        with pytest.warns(DeprecationWarning, match="group"):
+            grouped = torch.cat([o.logits for o in diagonal_stream(m, ids, group=2)], 1)
+    assert torch.equal(plain, grouped)
+
+
+def _spy(monkeypatch, cls, name, log, record=lambda *a: a):
+    orig = getattr(cls, name)
+
+    def spy(self, *args):
+        log.append(record(*args))
+        return orig(self, *args)
+
+    monkeypatch.setattr(cls, name, spy)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("segments", [1, 2, 3, 4, 7, 12])
+def test_one_grouped_call_per_diagonal(monkeypatch, segments, mode):
+    """n + L - 1 grouped calls for the whole stream (fill and drain once), every (layer, segment) cell once."""
     m = tiny_gpt2()
     L = m.n_layers
     calls = []
-    orig = DiagonalExecutor.step
-
-    def counting(self, hidden, lo, hi, *args):
-        calls.append((lo, hi))
-        return orig(self, hidden, lo, hi, *args)
-
-    monkeypatch.setattr(DiagonalExecutor, "step", counting)
+    _spy(monkeypatch, DiagonalExecutor, "step", calls, lambda hidden, lo, hi, *rest: (lo, hi))
     with torch.no_grad():
-        for _ in diagonal_stream(m, torch.randint(0, VOCAB, (1, segments * S)), group=group):
+        for _ in diagonal_stream(m, torch.randint(0, VOCAB, (1, segments * S)), **MODES[mode]):
             pass
-    windows = [min(group, segments - w) for w in range(0, segments, group)]
-    assert len(calls) == sum(L + n - 1 for n in windows)
+    assert len(calls) == segments + L - 1
     assert sum(hi - lo + 1 for lo, hi in calls) == L * segments
+    assert sum(lo == 0 and hi == L - 1 for lo, hi in calls) == max(0, segments - L + 1)  # steady: all layers
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("segments", [2, 3, 4, 9])
+def test_steady_diagonals_run_the_static_step(monkeypatch, segments, fresh):
+    """Steady diagonals (all L layers) go through `replay` (the captured graph on CUDA): N - L + 1 of them for
+    N >= L full segments from a state, one fewer on a fresh stream, where the diagonal that brings segment 0
+    to the last layer (no read, gamma 1) runs eagerly. Everything else runs eagerly through `advance`."""
+    m = tiny_gpt2()
+    L = m.n_layers
+    replays, advances = [], []
+    _spy(monkeypatch, DiagonalPipeline, "replay", replays)
+    _spy(monkeypatch, DiagonalPipeline, "advance", advances)
+    ids = torch.randint(0, VOCAB, (2, segments * S))
+    state = None
+    with torch.no_grad():
+        if not fresh:
+            *_, out = m.stream([torch.randint(0, VOCAB, (2, S))])
+            state = out.state
+        for _ in diagonal_stream(m, ids, state=state, emulate=True):
+            pass
+    expected = max(0, segments - L + 1 - (1 if fresh else 0))
+    assert len(replays) == expected
+    # an emulated replay is one `advance(0, L-1, first_last=False)`; the others are the eager diagonals
+    assert len(advances) == segments + L - 1
+    assert advances.count((0, L - 1, False)) == expected
+    assert sum(first for _, _, first in advances) == (L if fresh else 0)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_embeds_one_segment_at_a_time(monkeypatch, mode):
+    """Memory is flat in the stream length: every embedding call embeds one segment, once, and the rolling
+    hidden buffer is [layer, batch, tokens, hidden] whatever the length."""
+    m = tiny_gpt2()
+    shapes, pipes = [], []
+    _spy(monkeypatch, DiagonalExecutor, "_embed", shapes, lambda ids: tuple(ids.shape))
+    orig = DiagonalExecutor.acquire
+    monkeypatch.setattr(DiagonalExecutor, "acquire", lambda self, *a: pipes.append(orig(self, *a)) or pipes[-1])
+    segments = 10
+    with torch.no_grad():
+        for _ in diagonal_stream(m, torch.randint(0, VOCAB, (2, segments * S + 3)), **MODES[mode]):
+            pass
+    assert shapes == [(2, S)] * segments
+    assert tuple(pipes[0].hidden.shape) == (m.n_layers, 2, S + M, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the captured graph); CI has no GPU")
+def test_captured_graph_matches_eager_on_cuda():
+    m = tiny_gpt2().cuda()
+    ids = torch.randint(0, VOCAB, (2, 11 * S + 3), device="cuda")
+    with torch.no_grad():
+        ref = [o.logits for o in m.stream([ids])]
+        eager = [o.logits for o in diagonal_stream(m, ids, graph=False)]
+        for attempt in range(2):  # the second call replays the cached graph
+            graphed = list(diagonal_stream(m, ids, graph=True, states=True))
+            assert diagonal_mod._executor(m)._idle.graph is not None
+            for i, (r, e, g) in enumerate(zip(ref, eager, graphed)):
+                assert_close(f"graph vs eager, segment {i}", e, g.logits)
+                assert_close(f"graph vs stream, segment {i}", r, g.logits)
 
 
 def test_errors_are_clear():
@@ -167,6 +294,12 @@ def test_errors_are_clear():
         for bad in (0, -1, 2.0, True):
             with pytest.raises(ValueError, match="group must be a positive int"):
                 diagonal_stream(m, ids, group=bad)
+        with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+            diagonal_stream(m, ids, graph=True)
+        with pytest.raises(ValueError, match="emulate=True .* graph=False"):
+            diagonal_stream(m, ids, graph=False, emulate=True)
+        with pytest.raises(ValueError, match="graph must be a bool"):
+            diagonal_stream(m, ids, graph="yes")
         m.train()
         with pytest.raises(ValueError, match="training mode"):
             diagonal_stream(m, ids)
