@@ -10,12 +10,17 @@ final norm, logits -- directly from the weights:
 * every linear map is a oneDNN inner product over a weight prepacked once per `LeanStep`, with the
   GELU fused into the MLP's first product and the residual add into each block's output projection;
 * the read and the write's v-bar are one product each against [A | z] (numerator and denominator
-  together), and the write is one `baddbmm` for A and one for z;
+  together), and a write updates A and z with one `baddbmm` (k^T [delta | gamma]);
+* the writes of all layers run together after the last block, as stacked products over a layer axis
+  (a layer's write changes only the next segment's memory, so nothing in this segment waits for it):
+  about a quarter of the small write ops, and the memory of every layer stays one [layer, b, F, D+1]
+  tensor from step to step;
 * DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical);
 * attention is `scaled_dot_product_attention(is_causal=True)`; logits only for the segment's tokens.
 
-The memory hook points fire with the same tensors, in the same order, as in `AssociativeBlock`, so
-every observer (the recorder at all levels, probes, user hooks) works unchanged. Only the memory
+The memory hook points fire with the same tensors as in `AssociativeBlock`, so every observer (the
+recorder at all levels, probes, user hooks) works unchanged; the write points of all layers fire after
+the last block instead of after each layer's block. Only the memory
 hook points exist on this path: hooks on the HF modules do not fire (they are not called).
 
 Exactness: the same math in another summation order; logits and state match the HF-wrapped step to
@@ -119,12 +124,15 @@ class LeanStep:
                 qkv=conv(g.attn.c_attn), proj=conv(g.attn.c_proj), fc=conv(g.mlp.c_fc), out=conv(g.mlp.c_proj),
                 scale=scale,
                 mq=_Linear(blk.W_mq.weight, None, rows),
-                # the write's three maps of the M memory tokens as one small product (MKL: few rows)
-                kvb_w=torch.cat([blk.W_mk.weight, blk.W_mv.weight, blk.W_mb.weight]).detach(),
-                kvb_b=torch.cat([torch.zeros(cfg.d_mem + model.d_model), blk.W_mb.bias.detach()]),
                 hooks=blk.memory,
             ))
-        self._last = None  # per layer: (identity of A, identity of z, [A | z]) of the state the last call returned
+        # the writes of all layers run together after the last block (a layer's write feeds only the next
+        # segment): W_mk, W_mv, W_mb of every layer as one stacked [layer, d, d_mem + d + gate] product
+        self.kvb_w = torch.stack([torch.cat([b.W_mk.weight, b.W_mv.weight, b.W_mb.weight]).detach().t()
+                                  for b in model.blocks]).contiguous()
+        self.kvb_b = torch.stack([torch.cat([torch.zeros(cfg.d_mem + model.d_model), b.W_mb.bias.detach()])
+                                  for b in model.blocks]).unsqueeze(1)
+        self._last = None  # (identities of every layer's A and z, stacked [A | z]) of the state last returned
         self._pos_cache: dict[int, Tensor] = {}
 
     @staticmethod
@@ -158,16 +166,17 @@ class LeanStep:
             phi = F.normalize(phi, dim=-1)
         return phi
 
-    def _memory(self, state: MemoryState, i: int) -> Tensor:
-        """[A | z] of layer i as one [b, F, D+1] matrix ([b, F, D] without a normalizer): one product
-        then gives the numerators and the denominator of a read. Reused from the last write when
-        `state` still holds that write's tensors (also detached, unmodified)."""
-        A, z = state.assoc[i], state.normalizer[i]
-        if self._last is not None and self._last[i][0] == _identity(A) and self._last[i][1] == _identity(z):
-            return self._last[i][2]
+    def _memories(self, state: MemoryState) -> Tensor:
+        """[A | z] of every layer as one [layer, b, F, D+1] tensor ([.., D] without a normalizer): one product
+        then gives the numerators and the denominator of a read. Reused from the last step when `state`
+        still holds that step's tensors (also detached, unmodified)."""
+        ident = tuple(_identity(t) for t in state.assoc + state.normalizer)
+        if self._last is not None and self._last[0] == ident:
+            return self._last[1]
         if not self.cfg.use_denom:
-            return A[:, 0]
-        return torch.cat([A[:, 0], z[:, 0, :, None]], dim=-1)
+            return torch.stack([a[:, 0] for a in state.assoc])
+        return torch.stack([torch.cat([a[:, 0], z[:, 0, :, None]], dim=-1)
+                            for a, z in zip(state.assoc, state.normalizer)])
 
     def _recall(self, phi: Tensor, Az: Tensor, B: int) -> tuple[Tensor, Tensor]:
         """Numerators A^T phi [B, n, D] and denominators z.phi + eps [B, n, 1] for phi [B*n, F]."""
@@ -181,33 +190,41 @@ class LeanStep:
         den = out[..., D:] + cfg.eps if cfg.use_denom else torch.ones_like(out[..., :1])
         return num, den
 
-    def _write(self, hk, m: Tensor, Az: Tensor, first: bool, B: int, lay: dict) -> Tensor:
-        """Delta-rule write of the M memory tokens m [B, M, d]; returns the new [A | z]."""
+    def _write_all(self, mem: list[Tensor], Az: Tensor, first: bool, B: int) -> Tensor:
+        """Delta-rule writes of every layer at once: mem[l] [B, M, d] are layer l's memory-token outputs,
+        Az the stacked [layer, b, F, D+1] memory before them; returns the new stacked [A | z]."""
         cfg = self.cfg
-        M, D, dm = cfg.num_mem_tokens, self.model.d_model, cfg.d_mem
-        kvb = F.linear(m.reshape(B * M, -1), lay["kvb_w"], lay["kvb_b"])  # W_mk, W_mv, W_mb in one product
-        k = self._features(hk.hook_write_key(kvb[:, :dm].reshape(B, M, dm)).reshape(B * M, dm))
-        v = hk.hook_write_value(kvb[:, dm:dm + D].reshape(B, M, D))
-        beta = hk.hook_write_gate(torch.sigmoid(kvb[:, dm + D:]).reshape(B, M, -1))
-        k3 = k.reshape(B, M, -1)
+        M, D, dm, nL = cfg.num_mem_tokens, self.model.d_model, cfg.d_mem, len(mem)
+        hooks = [lay["hooks"] for lay in self.layers]
+        kvb = torch.baddbmm(self.kvb_b, torch.stack(mem).reshape(nL, B * M, -1), self.kvb_w)  # [layer, B*M, .]
+        for hk, x in zip(hooks, kvb[..., :dm]):
+            hk.hook_write_key(x.reshape(B, M, dm))
+        k3 = self._features(kvb[..., :dm].reshape(-1, dm)).reshape(nL * B, M, -1)
+        v = kvb[..., dm:dm + D].reshape(nL * B, M, D)
+        beta = torch.sigmoid(kvb[..., dm + D:]).reshape(nL * B, M, -1)
+        for l, hk in enumerate(hooks):
+            hk.hook_write_value(v[l * B:(l + 1) * B])
+            hk.hook_write_gate(beta[l * B:(l + 1) * B])
+        Az = Az.expand(nL, B, *Az.shape[2:]).reshape(nL * B, *Az.shape[2:])
         if first:
             vbar = torch.zeros_like(v)
-            gamma = torch.ones(B, M, 1, dtype=k.dtype)
+            gamma = torch.ones(nL * B, M, 1, dtype=v.dtype)
         else:
-            num, den = self._recall(k, Az, B)
-            vbar = num / den
+            out = torch.bmm(k3, Az)
+            vbar = out[..., :D] / (out[..., D:] + cfg.eps) if cfg.use_denom else out
             if cfg.use_denom and cfg.correction:
                 knorm = (k3 * k3).sum(-1, keepdim=True) + (cfg.eps if cfg.gamma_eps else 0.0)
-                gamma = torch.clamp(1 - den / knorm, 0, 1)
+                gamma = torch.clamp(1 - (out[..., D:] + cfg.eps) / knorm, 0, 1)
             else:
-                gamma = torch.ones(B, M, 1, dtype=k.dtype)
+                gamma = torch.ones(nL * B, M, 1, dtype=v.dtype)
         delta = beta * (v - vbar)
-        hk.hook_write_prev_value(vbar)
-        hk.hook_correction(gamma)
-        hk.hook_write_delta(delta)
+        for l, hk in enumerate(hooks):
+            hk.hook_write_prev_value(vbar[l * B:(l + 1) * B])
+            hk.hook_correction(gamma[l * B:(l + 1) * B])
+            hk.hook_write_delta(delta[l * B:(l + 1) * B])
         # A += sum_j k_j (x) delta_j and z += sum_j gamma_j k_j, as one product: k^T [delta | gamma]
         upd = torch.cat([delta, gamma], dim=-1) if cfg.use_denom else delta
-        return torch.baddbmm(Az, k3.transpose(1, 2), upd)
+        return torch.baddbmm(Az, k3.transpose(1, 2), upd).reshape(nL, B, *Az.shape[1:])
 
     # ------------------------------------------------------------------ the step
     def _act(self, y: Tensor) -> Tensor:
@@ -219,20 +236,20 @@ class LeanStep:
         # copied out of it, so logits and state are ordinary tensors (hooked tensors are inference tensors)
         with torch.inference_mode():
             logits, new_Az = self._forward(input_ids, state)
-        logits, new_Az = logits.clone(), [az.clone() for az in new_Az]
+        logits, new_Az = logits.clone(), new_Az.clone()
         new_A, new_Z = [], []
         for i, (lay, az) in enumerate(zip(self.layers, new_Az)):
             hk = lay["hooks"]
-            new_A.append(hk.hook_assoc_matrix(az[..., :D].unsqueeze(1)))  # views of [A | z]
+            new_A.append(hk.hook_assoc_matrix(az[..., :D].unsqueeze(1)))  # views of the stacked [A | z]
             if self.cfg.use_denom:
                 z_new = az[..., D].unsqueeze(1)
             else:
                 z_new = state.normalizer[i].expand(input_ids.shape[0], 1, -1).clone()
             new_Z.append(hk.hook_normalizer(z_new))
-        self._last = [(_identity(a), _identity(z), az) for a, z, az in zip(new_A, new_Z, new_Az)]
+        self._last = (tuple(_identity(t) for t in new_A + new_Z), new_Az)
         return SegmentOutput(logits, MemoryState(tuple(new_A), tuple(new_Z), state.segments + 1), segment, input_ids)
 
-    def _forward(self, input_ids: Tensor, state: MemoryState) -> tuple[Tensor, list[Tensor]]:
+    def _forward(self, input_ids: Tensor, state: MemoryState) -> tuple[Tensor, Tensor]:
         model, cfg = self.model, self.cfg
         B, L = input_ids.shape
         M = cfg.num_mem_tokens
@@ -241,10 +258,10 @@ class LeanStep:
         h = x.reshape(B * T, -1)
         read = not state.first and not model._slot.ablate_read
         fused_gelu = self.act in _GELU_TANH
-        new_Az = []
+        Azs = self._memories(state)
+        mem = []
         for i, lay in enumerate(self.layers):
-            hk = lay["hooks"]
-            Az = self._memory(state, i)
+            hk, Az = lay["hooks"], Azs[i]
             if read:
                 phi = self._features(lay["mq"](h))
                 hk.hook_read_query(phi.reshape(B, T, 1, -1))
@@ -264,11 +281,10 @@ class LeanStep:
             h = lay["out"](f, add=h)
             if hk.active("hook_mem_input"):
                 hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
-            mem_out = hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:])
-            new_Az.append(self._write(hk, mem_out, Az, state.first, B, lay))
+            mem.append(hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:]))
         hs = h.reshape(B, T, -1)[:, :L].reshape(B * L, -1)
         logits = self.lm_head(F.layer_norm(hs, hs.shape[-1:], *self.ln_f)).reshape(B, L, -1)
-        return logits, new_Az
+        return logits, self._write_all(mem, Azs, state.first, B)
 
     def _positions(self, L: int) -> Tensor:
         """Position embeddings of the L tokens and M memory tokens (cached per L)."""

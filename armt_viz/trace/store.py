@@ -249,7 +249,7 @@ class TraceWriter:
             n = data.shape[ax] if n is None else n
             if data.shape[ax] != n:
                 raise ValueError(f"append of {name!r}: {data.shape[ax]} rows, expected {n}")
-        existing = {name for name, _ in self.group.arrays()} if rows else set()
+        existing = self._array_names() if rows else set()
         missing = [self._array_spec(name, dims, tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, data.shape)),
                                     data.dtype) for name, (dims, data) in rows.items() if name not in existing]
         group = self.group._async_group
@@ -265,7 +265,17 @@ class TraceWriter:
             await arr.setitem(tuple(sl), data)
         if rows:
             sync(_gather(*(write(name, dims, data) for name, (dims, data) in rows.items())))
+        existing.update(created)
         self.sizes[dim] = start + (n or 0)
+
+    def _array_names(self) -> set[str]:
+        """Names of the arrays in the group, listed once per opened group and kept up to date by `_append`."""
+        if getattr(self, "_names_of", None) is not self.group:
+            with warnings.catch_warnings():  # the commit file and _resume/ are not zarr nodes
+                warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+                self._names = {name for name, _ in self.group.arrays()}
+            self._names_of = self.group
+        return self._names
 
     def write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
         """Create (if needed) a non-appended array and write it, or the rows `index` of its first axis."""
