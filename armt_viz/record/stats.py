@@ -31,7 +31,10 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     n_layers = len(out.state.assoc)
     B, L = out.logits.shape[:2]
     layers = range(n_layers)
-    norms = lambda xs: torch.stack([torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim))) for x in xs], 1)  # noqa: E731
+    # (strided views, e.g. A of the lean CPU step's [A | z], are copied first: a norm over a strided view
+    # takes ~5x longer on the CPU than the copy and a contiguous norm together)
+    norms = lambda xs: torch.stack([torch.linalg.vector_norm(x.contiguous(), dim=tuple(range(1, x.ndim)))  # noqa: E731
+                                    for x in xs], 1)
     s = {
         "assoc_norm": norms(out.state.assoc),
         "normalizer_norm": norms(out.state.normalizer),
