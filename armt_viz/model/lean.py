@@ -232,11 +232,15 @@ class LeanStep:
 
     def __call__(self, input_ids: Tensor, state: MemoryState, segment: int) -> SegmentOutput:
         D = self.model.d_model
-        # inference mode drops autograd's per-op bookkeeping (~6 % of this step); what leaves the step is
-        # copied out of it, so logits and state are ordinary tensors (hooked tensors are inference tensors)
+        # inference mode drops autograd's per-op bookkeeping (~6 % of this step) in the blocks; the logits and
+        # the new memory are computed after it, so they are ordinary tensors (hooked tensors of the blocks are
+        # inference tensors)
         with torch.inference_mode():
-            logits, new_Az = self._forward(input_ids, state)
-        logits, new_Az = logits.clone(), new_Az.clone()
+            hs, mem, Azs = self._blocks(input_ids, state)
+        with torch.no_grad():  # these produce the outputs, so they are ordinary tensors without a copy
+            B, L = input_ids.shape
+            logits = self.lm_head(F.layer_norm(hs, hs.shape[-1:], *self.ln_f)).reshape(B, L, -1)
+            new_Az = self._write_all(mem, Azs, state.first, B)
         new_A, new_Z = [], []
         for i, (lay, az) in enumerate(zip(self.layers, new_Az)):
             hk = lay["hooks"]
@@ -249,7 +253,9 @@ class LeanStep:
         self._last = (tuple(_identity(t) for t in new_A + new_Z), new_Az)
         return SegmentOutput(logits, MemoryState(tuple(new_A), tuple(new_Z), state.segments + 1), segment, input_ids)
 
-    def _forward(self, input_ids: Tensor, state: MemoryState) -> tuple[Tensor, Tensor]:
+    def _blocks(self, input_ids: Tensor, state: MemoryState) -> tuple[Tensor, list[Tensor], Tensor]:
+        """Embedding, then per layer read -> block; returns the last hidden states of the L tokens
+        [B*L, d], every layer's memory-token outputs [B, M, d] and the stacked memory read."""
         model, cfg = self.model, self.cfg
         B, L = input_ids.shape
         M = cfg.num_mem_tokens
@@ -282,9 +288,7 @@ class LeanStep:
             if hk.active("hook_mem_input"):
                 hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
             mem.append(hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:]))
-        hs = h.reshape(B, T, -1)[:, :L].reshape(B * L, -1)
-        logits = self.lm_head(F.layer_norm(hs, hs.shape[-1:], *self.ln_f)).reshape(B, L, -1)
-        return logits, self._write_all(mem, Azs, state.first, B)
+        return h.reshape(B, T, -1)[:, :L].reshape(B * L, -1), mem, Azs
 
     def _positions(self, L: int) -> Tensor:
         """Position embeddings of the L tokens and M memory tokens (cached per L)."""
