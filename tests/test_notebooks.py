@@ -22,6 +22,32 @@ OFFICIAL_CHECKPOINT = REPO_ROOT / "tests" / "golden" / "gpt2_wrap_false"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
+class _WakingClient(nbclient.NotebookClient):
+    """nbclient waits for each cell's shell reply on an asyncio zmq socket. In `make test` that wait sometimes
+    misses its wake-up: in one stalled run the kernel had executed every cell (execution_count 12 after 11
+    cells), was idle, and answered a second client's kernel_info at once, while nbclient slept until its 600 s
+    poll timeout, at which point it found the reply and the test passed (make test: 11 min instead of 2). A
+    new message on the same socket wakes the poll, so while a cell runs this client asks
+    the kernel for kernel_info every few seconds; nbclient skips those replies (other msg ids), and they wait
+    in the kernel's queue while a cell is busy. A cell that really hangs still times out."""
+
+    POKE_EVERY_S = 5.0
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        import asyncio
+
+        async def poke():
+            while True:
+                await asyncio.sleep(self.POKE_EVERY_S)
+                self.kc.kernel_info()
+
+        task = asyncio.ensure_future(poke())
+        try:
+            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        finally:
+            task.cancel()
+
+
 def test_the_five_narratives_are_there():
     names = [p.stem for p in NOTEBOOKS]
     for prefix in ("01_", "02_", "03_", "04_", "05_"):
@@ -52,8 +78,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     nb = nbformat.read(work / path.name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})
+    client = _WakingClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
     client.execute()  # raises CellExecutionError (naming the cell) on the first cell that fails
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
