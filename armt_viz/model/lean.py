@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .armt import ARMTModel, MemoryState, SegmentOutput, STATE_DTYPE
+from .armt import ARMTModel, MemoryState, SegmentOutput
 
 __all__ = ["LeanStep", "use_lean", "lean_eligible"]
 
@@ -196,32 +196,34 @@ class LeanStep:
         cfg = self.cfg
         M, D, dm, nL = cfg.num_mem_tokens, self.model.d_model, cfg.d_mem, len(mem)
         hooks = [lay["hooks"] for lay in self.layers]
+        per_layer = lambda x: x.reshape(nL, B, *x.shape[1:])  # noqa: E731  ([layer*B, ...] -> one [B, ...] per layer)
         kvb = torch.baddbmm(self.kvb_b, torch.stack(mem).reshape(nL, B * M, -1), self.kvb_w)  # [layer, B*M, .]
         for hk, x in zip(hooks, kvb[..., :dm]):
             hk.hook_write_key(x.reshape(B, M, dm))
         k3 = self._features(kvb[..., :dm].reshape(-1, dm)).reshape(nL * B, M, -1)
         v = kvb[..., dm:dm + D].reshape(nL * B, M, D)
         beta = torch.sigmoid(kvb[..., dm + D:]).reshape(nL * B, M, -1)
-        for l, hk in enumerate(hooks):
-            hk.hook_write_value(v[l * B:(l + 1) * B])
-            hk.hook_write_gate(beta[l * B:(l + 1) * B])
+        for hk, v_l, beta_l in zip(hooks, per_layer(v), per_layer(beta)):
+            hk.hook_write_value(v_l)
+            hk.hook_write_gate(beta_l)
         Az = Az.expand(nL, B, *Az.shape[2:]).reshape(nL * B, *Az.shape[2:])
         if first:
             vbar = torch.zeros_like(v)
             gamma = torch.ones(nL * B, M, 1, dtype=v.dtype)
         else:
             out = torch.bmm(k3, Az)
-            vbar = out[..., :D] / (out[..., D:] + cfg.eps) if cfg.use_denom else out
+            den = out[..., D:] + cfg.eps if cfg.use_denom else None
+            vbar = out[..., :D] / den if cfg.use_denom else out
             if cfg.use_denom and cfg.correction:
                 knorm = (k3 * k3).sum(-1, keepdim=True) + (cfg.eps if cfg.gamma_eps else 0.0)
-                gamma = torch.clamp(1 - (out[..., D:] + cfg.eps) / knorm, 0, 1)
+                gamma = torch.clamp(1 - den / knorm, 0, 1)
             else:
                 gamma = torch.ones(nL * B, M, 1, dtype=v.dtype)
         delta = beta * (v - vbar)
-        for l, hk in enumerate(hooks):
-            hk.hook_write_prev_value(vbar[l * B:(l + 1) * B])
-            hk.hook_correction(gamma[l * B:(l + 1) * B])
-            hk.hook_write_delta(delta[l * B:(l + 1) * B])
+        for hk, vbar_l, gamma_l, delta_l in zip(hooks, per_layer(vbar), per_layer(gamma), per_layer(delta)):
+            hk.hook_write_prev_value(vbar_l)
+            hk.hook_correction(gamma_l)
+            hk.hook_write_delta(delta_l)
         # A += sum_j k_j (x) delta_j and z += sum_j gamma_j k_j, as one product: k^T [delta | gamma]
         upd = torch.cat([delta, gamma], dim=-1) if cfg.use_denom else delta
         return torch.baddbmm(Az, k3.transpose(1, 2), upd).reshape(nL, B, *Az.shape[1:])
