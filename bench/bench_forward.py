@@ -111,52 +111,35 @@ def main(argv=None):
             for _ in m.stream([ids]):
                 pass
         rows.append(("armt_viz plain forward (stream)", paired(plain), None))
-        if device == "cpu":
-            from armt_viz.model.fast import fast_stream
-            from armt_viz.model.lean import LeanStep
-            lean = LeanStep(m)
-            eager = torch.cat([o.logits for o in m.stream([ids])], 1)
-            got = torch.cat([o.logits for o in fast_stream(m, ids, lean)], 1)
+        eager = torch.cat([o.logits.float() for o in m.stream([ids])], 1)  # what every fast path must reproduce
+
+        def fast_row(label, segments):
+            """A row for the fast path `segments()` (an iterator of SegmentOutputs), with its logits' error
+            against the eager stream; logits are cloned (the CUDA-graph paths yield views of static buffers)."""
+            got = torch.cat([o.logits.float().clone() for o in segments()], 1)
             err = ((got - eager).abs().max() / eager.abs().max()).item()
 
-            def fast_cpu():
-                for _ in fast_stream(m, ids, lean):
+            def run():
+                for _ in segments():
                     pass
-            rows.append((f"armt_viz lean CPU forward (rel err {err:.1e})", paired(fast_cpu), None))
+            rows.append((f"{label} (rel err {err:.1e})", paired(run), None))
+
+        from armt_viz.model.fast import GraphedStepper, fast_stream
+        if device == "cpu":
+            from armt_viz.model.lean import LeanStep
+            lean = LeanStep(m)
+            fast_row("armt_viz lean CPU forward", lambda: fast_stream(m, ids, lean))
         if device == "cuda":
-            from armt_viz.model.fast import GraphedStepper, fast_stream
-            stepper = GraphedStepper(m, 1)
-            eager = torch.cat([o.logits for o in m.stream([ids])], 1)
-            graphed = torch.cat([o.logits.clone() for o in fast_stream(m, ids, stepper)], 1)
-            err = ((graphed.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
-
-            def fast():
-                for _ in fast_stream(m, ids, stepper):
-                    pass
-            rows.append((f"armt_viz CUDA-graph forward (rel err {err:.1e})", paired(fast), None))
-            cstepper = GraphedStepper(m, 1, compile_memory=True)
-            compiled = torch.cat([o.logits.clone() for o in fast_stream(m, ids, cstepper)], 1)
-            err = ((compiled.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
-
-            def fast_compiled():
-                for _ in fast_stream(m, ids, cstepper):
-                    pass
-            rows.append((f"  + compiled memory math (rel err {err:.1e})", paired(fast_compiled), None))
-    # issue 7: the layer x segment grid by anti-diagonals, one continuous pipeline, one grouped call per
-    # diagonal (no host sync inside); on CUDA the steady diagonals replay one captured graph (graph=True),
-    # timed next to the same pipeline run eagerly (graph=False)
-    from armt_viz.model.diagonal import diagonal_stream
-    with torch.no_grad():
-        eager = torch.cat([o.logits for o in m.stream([ids])], 1)
+            stepper, cstepper = GraphedStepper(m, 1), GraphedStepper(m, 1, compile_memory=True)
+            fast_row("armt_viz CUDA-graph forward", lambda: fast_stream(m, ids, stepper))
+            fast_row("  + compiled memory math", lambda: fast_stream(m, ids, cstepper))
+        # issue 7: the layer x segment grid by anti-diagonals, one continuous pipeline, one grouped call per
+        # diagonal (no host sync inside); on CUDA the steady diagonals replay one captured graph (graph=True),
+        # timed next to the same pipeline run eagerly (graph=False)
+        from armt_viz.model.diagonal import diagonal_stream
         for graph in ([True, False] if device == "cuda" else [False]) if c["family"] == "gpt2" else []:
-            diag = torch.cat([o.logits for o in diagonal_stream(m, ids, graph=graph)], 1)
-            err = ((diag.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
-
-            def diagonal(graph=graph):
-                for _ in diagonal_stream(m, ids, graph=graph):
-                    pass
-            label = "CUDA graph" if graph else "eager"
-            rows.append((f"armt_viz diagonal, {label} (rel err {err:.1e})", paired(diagonal), None))
+            fast_row(f"armt_viz diagonal, {'CUDA graph' if graph else 'eager'}",
+                     lambda graph=graph: diagonal_stream(m, ids, graph=graph))
     runs = [(level, True) for level in a.levels]
     if device == "cpu" and "summary" in a.levels:
         runs.insert(1, ("summary", False))  # the HF-wrapped step, for comparison with the lean one

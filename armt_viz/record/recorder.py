@@ -11,7 +11,6 @@ an uninterrupted run. RAM stays flat: nothing but the current chunk is held.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import math
 import platform
