@@ -50,15 +50,17 @@ def naive_answer_status(probe_sample, probe_token, prediction, ledger: xr.Datase
         stale = {spell(value[r], j) for r in version_rows if col["fact_id"][r] == fact and col["version"][r] < asked}
         other = {spell(value[r], j) for r in version_rows if col["fact_id"][r] != fact
                  and col["valid_from"][r] < at and value[r] >= 0}
-        if answer == spell(col["expected_answer"][q], j):
-            out.append("current")
-        elif answer in stale:
-            out.append("stale")
-        elif answer in other:
-            out.append("other")
-        else:
-            out.append("wrong")
+        out.append(_classify(answer, spell(col["expected_answer"][q], j), stale, other))
     return out
+
+
+def _classify(answer, current, stale: set, other: set) -> str:
+    """The precedence both naive references apply: current, then stale, then another key's value, else wrong."""
+    if answer == current:
+        return "current"
+    if answer in stale:
+        return "stale"
+    return "other" if answer in other else "wrong"
 
 
 def _random_case(seed: int, value_size: int, samples: int = 2, keep_attrs: bool = True):
@@ -138,16 +140,7 @@ def naive_key_probe_status(probe_sample, probe_segment, probe_fact, answer, ledg
         stale = set() if live is None else {value[r] for r in mine if col["version"][r] < col["version"][live]}
         other = {value[r] for r in version_rows if col["sample"][r] == sample and col["fact_id"][r] != fact
                  and col["segment"][r] <= segment and value[r] >= 0}
-        if a == -2:
-            out.append("wrong")
-        elif a == current:
-            out.append("current")
-        elif a in stale:
-            out.append("stale")
-        elif a in other:
-            out.append("other")
-        else:
-            out.append("wrong")
+        out.append("wrong" if a == -2 else _classify(a, current, stale, other))
     return out
 
 
