@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train")
     t.add_argument("--smoke", action="store_true", help="tiny CPU run (< 2 min), used in tests")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--variant", default=None, choices=["baseline", "no-gamma", "gate", "half-dmem", "no-delta"],
+                   help="stream specimen variant (task stream): same recipe, one ARMTConfig switch changed")
     t.add_argument("--curriculum", default=None, help="comma-separated pairs per stage, e.g. 1,2,3,5,10,20,50")
     t.add_argument("--steps", default=None, help="comma-separated steps per stage")
     t.add_argument("--batch-size", type=int, default=None)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .config import ARMTConfig
 
-__all__ = ["TrainConfig", "default_config", "smoke_config", "build_model", "sample_ar", "StreamPool",
+__all__ = ["TrainConfig", "SPECIMEN_VARIANTS", "StreamCursor", "default_config", "smoke_config", "build_model", "sample_ar", "StreamPool",
            "official_loss", "train", "run_train", "export_fp16", "task_description"]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,17 @@ class TrainConfig:
         num_mem_tokens, d_mem: ARMT memory (M, d_mem); correction on, wrap_pos off (official AR settings).
         stream_*: the stream format (`StreamConfig`) for "stream"/"mixed"; stream_pool_tokens tokens are
             generated once and windows are sampled from them.
+        stream_p_query_absent: probability a stream query asks about a key without a value (None: the
+            StreamConfig default).
+        tbptt_from_stage: stream only; from this stage on, truncated BPTT over long streams: every batch row
+            walks along one long stream window after window, its memory carried (detached) from the previous
+            step, so the model learns on memories that hold long histories; rows restart at a random point
+            with empty memory with probability `tbptt_reset` per step (or at the stream's end).
+            None: every window starts from empty memory.
+        eval_segments: stream only; in the truncated-BPTT stages, evaluate on streams of at least this many
+            segments (None: the stage's n).
+        correction, gating, delta_rule: ARMTConfig switches of the trained model (gamma correction,
+            per-channel write gate, delta rule); the specimen variants differ only in these and d_mem.
         eval_every, eval_samples: periodic generation-based exact match at the stage's n.
         advance_em: end a stage early once its evaluation reaches this EM (None: never).
         device: "auto" (CUDA when available), "cpu", "cuda", ...; bf16: autocast on CUDA (None: on when CUDA).
@@ -109,6 +120,13 @@ class TrainConfig:
     stream_p_query: float = 0.4
     stream_p_delete: float = 0.1
     stream_pool_tokens: int = 8_000_000
+    stream_p_query_absent: float | None = None
+    tbptt_from_stage: int | None = None
+    tbptt_reset: float = 0.02
+    eval_segments: int | None = None
+    correction: bool = True
+    gating: bool = False
+    delta_rule: bool = True
     eval_every: int = 100
     eval_samples: int = 500
     advance_em: float | None = 0.95
@@ -151,6 +169,8 @@ class TrainConfig:
         kw = dict(n_keys=self.stream_keys, key_size=self.stream_key_size, value_size=self.stream_value_size,
                   segment_size=self.stream_segment_size, events_per_segment=self.stream_events,
                   p_write=self.stream_p_write, p_query=self.stream_p_query, p_delete=self.stream_p_delete, seed=seed)
+        if self.stream_p_query_absent is not None:
+            kw["p_query_absent"] = self.stream_p_query_absent
         kw.update(overrides)
         return StreamConfig(**kw)
 
@@ -165,12 +185,33 @@ class TrainConfig:
         return cls(**d)
 
 
-def default_config(task: str = "ar-rewrite") -> TrainConfig:
+# The stream specimen family (issue 13): one recipe, variants differ only in these ARMTConfig switches.
+SPECIMEN_VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "no-gamma": {"correction": False},
+    "gate": {"gating": True},
+    "half-dmem": {"d_mem": 32},
+    "no-delta": {"delta_rule": False},
+}
+
+
+def default_config(task: str = "ar-rewrite", variant: str | None = None) -> TrainConfig:
     """Default recipe per task. AR: the shipped model's (pairs 2..50, fixed n per batch, stages end early at
-    EM >= 0.95). Stream (windows of 2..32 segments of 32 tokens): not yet validated; one 6-minute run on an H100
-    reached only EM 0.34 at 4 segments (MODEL_CARD.md)."""
+    EM >= 0.95). Stream: the specimen recipe (64 keys of 2 digits, 16-token segments with 2 events each,
+    deletes, 8 memory tokens); windows of 2..16 segments from empty memory, then truncated BPTT over long
+    streams with carried memory (`tbptt_from_stage`). `variant` picks a member of `SPECIMEN_VARIANTS`."""
+    if variant is not None and variant not in SPECIMEN_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(SPECIMEN_VARIANTS)}, got {variant!r}")
+    if variant is not None and task != "stream":
+        raise ValueError(f"variants belong to the stream specimen family (task 'stream'), got task {task!r}")
     if task == "stream":
-        return TrainConfig(task=task, curriculum=(2, 4, 8, 16, 32), steps=(300, 400, 500, 600, 800))
+        base = TrainConfig(
+            task=task, curriculum=(2, 4, 8, 16), steps=(300, 300, 400, 4000), batch_size=256, lr=1e-3,
+            num_mem_tokens=8, d_mem=64, n_positions=32, stream_segment_size=16, stream_events=2,
+            stream_keys=64, stream_key_size=2, stream_value_size=1, stream_p_write=0.5, stream_p_query=0.4,
+            stream_p_delete=0.1, stream_pool_tokens=4_000_000, tbptt_from_stage=3, tbptt_reset=0.01,
+            eval_segments=64, eval_every=200, advance_em=0.97)
+        return dataclasses.replace(base, **SPECIMEN_VARIANTS[variant or "baseline"])
     if task == "ar-remember":  # distinct keys: n <= 16**K = 16
         return TrainConfig(task=task, curriculum=(2, 3, 5, 10, 16), steps=(600, 900, 1400, 1200, 1200))
     if task == "mixed":
@@ -201,7 +242,10 @@ def build_model(cfg: TrainConfig):
         vocab_size=VOCAB, n_positions=cfg.n_positions, n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=GEN, eos_token_id=EOS, pad_token_id=EOS)
     backbone = transformers.GPT2LMHeadModel(bb_cfg)
-    armt = ARMTConfig(num_mem_tokens=cfg.num_mem_tokens, d_mem=cfg.d_mem, segment_size=cfg.segment_size)
+    flags = {"correction": cfg.correction, "gating": cfg.gating}
+    if not cfg.delta_rule:  # only passed when off, so older ARMTConfig versions still build the baseline
+        flags["delta_rule"] = False
+    armt = ARMTConfig(num_mem_tokens=cfg.num_mem_tokens, d_mem=cfg.d_mem, segment_size=cfg.segment_size, **flags)
     return ARMTModel.from_backbone(backbone, armt)
 
 
@@ -300,6 +344,54 @@ class StreamPool:
 
 
 # ----------------------------------------------------------------------------------------------- loss
+class StreamCursor:
+    """Truncated BPTT over the pool's long streams: row b reads windows of n segments one after another from
+    stream `stream[b]`; its memory is carried between calls (detached by the caller). A query is scored when its
+    answer version was written at or after the token where the row's memory started (`origin`), or was never
+    written. Rows restart (random segment, empty memory) with probability `reset` per call or at the stream end.
+    """
+
+    def __init__(self, pool: StreamPool, batch_size: int, reset: float, generator: torch.Generator):
+        self.pool, self.batch_size, self.reset = pool, batch_size, reset
+        self.gen = generator
+        dev = pool.device
+        n_streams, T = pool.tokens.shape
+        self.n_segments_total = T // pool.segment_size
+        self.stream = torch.randint(0, n_streams, (batch_size,), generator=generator, device=dev)
+        self.pos = torch.randint(0, max(1, self.n_segments_total // 2), (batch_size,), generator=generator,
+                                 device=dev) * pool.segment_size
+        self.origin = self.pos.clone()
+        self.state = None
+
+    def sample(self, n: int, model) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """-> (ids [batch, n*S], labels mask, initial MemoryState with reset rows zeroed)."""
+        S, dev = self.pool.segment_size, self.pool.device
+        T = self.n_segments_total * S
+        restart = torch.rand(self.batch_size, generator=self.gen, device=dev) < self.reset
+        restart |= self.pos + n * S > T
+        if self.state is None:
+            restart[:] = True
+        fresh_pos = torch.randint(0, self.n_segments_total - n + 1, (self.batch_size,), generator=self.gen,
+                                  device=dev) * S
+        self.pos = torch.where(restart, fresh_pos, self.pos)
+        self.origin = torch.where(restart, self.pos, self.origin)
+        idx = self.pos[:, None] + torch.arange(n * S, device=dev)
+        ids = self.pool.tokens[self.stream[:, None], idx]
+        sf = self.pool.scored_from[self.stream[:, None], idx]
+        mask = (sf >= self.origin[:, None]) & (sf >= 0)
+        if self.state is None:
+            state = model.init_state(self.batch_size, dev)
+        else:
+            keep = (~restart).to(self.state.assoc[0].dtype)
+            state = type(self.state)(tuple(a * keep.view(-1, 1, 1, 1) for a in self.state.assoc),
+                                     tuple(z * keep.view(-1, 1, 1) for z in self.state.normalizer), 1)
+        self.pos = self.pos + n * S
+        return ids, mask, state
+
+    def carry(self, state) -> None:
+        self.state = state.detach()
+
+
 def official_loss(logits: torch.Tensor, labels: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
     """ARMT_SPEC §1.7: global shift, keep labels_mask[:, :-1], mean CE; a masked mean instead of boolean
     indexing so that no host sync happens (same value as `armt.lm_loss`)."""
@@ -319,14 +411,19 @@ def _segment_fn(model) -> Callable:
     return step
 
 
-def _forward(step_fn, model, ids: torch.Tensor, segment_size: int) -> torch.Tensor:
-    """All segments with full BPTT; returns the concatenated logits [batch, seq, vocab]."""
-    state = model.init_state(ids.shape[0], ids.device)
+def _forward(step_fn, model, ids: torch.Tensor, segment_size: int, state=None):
+    """All segments with full BPTT; returns the concatenated logits [batch, seq, vocab], and with a given
+    (carried) `state` also the final state."""
+    carried = state is not None
+    if not carried:
+        state = model.init_state(ids.shape[0], ids.device)
     A, Z = state.assoc, state.normalizer
     logits = []
     for s in range(0, ids.shape[1], segment_size):
-        lg, A, Z = step_fn(ids[:, s:s + segment_size], A, Z, s == 0)
+        lg, A, Z = step_fn(ids[:, s:s + segment_size], A, Z, s == 0 and not carried)
         logits.append(lg)
+    if carried:
+        return torch.cat(logits, 1), type(state)(A, Z, 1)
     return torch.cat(logits, 1)
 
 
@@ -454,17 +551,27 @@ def train(cfg: TrainConfig, out, *, resume: bool = False) -> dict:
     budget_hit = False
     compile_checked = False
 
+    cursor = None
+
     def batch(kind: str, n_max: int):
         if kind == "stream":
+            if cursor is not None:
+                ids, mask, state = cursor.sample(n_max, model)
+                return (ids, mask, state), cfg.stream_segment_size
             return pool.sample(n_max, cfg.batch_size, gen), cfg.stream_segment_size
         n = int(torch.randint(1, n_max + 1, (1,)).item()) if cfg.vary_n else n_max  # CPU RNG: no device sync
         ids, mask = sample_ar(n, cfg.key_size, cfg.value_size, cfg.batch_size, rewrite=kind != "ar-remember",
                               generator=gen, device=device)
         return (ids, mask), cfg.ar_segment_size
 
-    def loss_and_backward(fn, ids, mask, seg):
+    def loss_and_backward(fn, ids, mask, seg, state=None):
         with autocast():
-            loss = official_loss(_forward(fn, model, ids, seg), ids, mask)
+            if state is None:
+                loss = official_loss(_forward(fn, model, ids, seg), ids, mask)
+            else:
+                logits, final = _forward(fn, model, ids, seg, state)
+                loss = official_loss(logits, ids, mask)
+                cursor.carry(final)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss
@@ -480,24 +587,26 @@ def train(cfg: TrainConfig, out, *, resume: bool = False) -> dict:
         bar = tqdm(total=steps, initial=progress["step_in_stage"], desc=f"stage {stage} n={n_max}",
                    dynamic_ncols=True, mininterval=2.0)
         advanced = False
+        if cfg.tbptt_from_stage is not None and stage >= cfg.tbptt_from_stage and cursor is None:
+            cursor = StreamCursor(pool, cfg.batch_size, cfg.tbptt_reset, gen)
         t = progress["step_in_stage"]
         while t < steps:
             kind = kinds[t % len(kinds)]
-            (ids, mask), seg = batch(kind, n_max)
+            (ids, mask, *carried), seg = batch(kind, n_max)
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(t, steps, cfg)
             if not compile_checked and step_fn is not seg_fn:
                 try:  # the first compiled step (forward and backward); fall back to eager if it breaks
                     tc = time.monotonic()
-                    loss = loss_and_backward(step_fn, ids, mask, seg)
+                    loss = loss_and_backward(step_fn, ids, mask, seg, *carried)
                     logger.info("torch.compile: first step took %.1fs", time.monotonic() - tc)
                 except Exception as exc:
                     logger.warning("torch.compile failed (%s: %s); continuing eagerly", type(exc).__name__,
                                    str(exc).splitlines()[0][:300] if str(exc) else "")
                     step_fn = seg_fn
-                    loss = loss_and_backward(step_fn, ids, mask, seg)
+                    loss = loss_and_backward(step_fn, ids, mask, seg, *carried)
             else:
-                loss = loss_and_backward(step_fn, ids, mask, seg)
+                loss = loss_and_backward(step_fn, ids, mask, seg, *carried)
             compile_checked = True
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             finite = torch.isfinite(loss) & torch.isfinite(gnorm)
@@ -525,7 +634,9 @@ def train(cfg: TrainConfig, out, *, resume: bool = False) -> dict:
                           elapsed=time.monotonic() - t_start)
             if t % cfg.eval_every == 0 or t == steps:
                 model.eval()
-                ems = {k2: _evaluate(model, cfg, k2, n_max, 12345 + stage, device) for k2 in kinds}
+                long_eval = cfg.task == "stream" and cfg.tbptt_from_stage is not None and stage >= cfg.tbptt_from_stage
+                n_eval = max(n_max, cfg.eval_segments or 0) if long_eval else n_max
+                ems = {k2: _evaluate(model, cfg, k2, n_eval, 12345 + stage, device) for k2 in kinds}
                 model.train()
                 for k2, em in ems.items():
                     log.write(kind="eval", task=k2, stage=stage, n=n_max, step=t, exact_match=em,
@@ -567,6 +678,7 @@ def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def run_train(task: str = "ar-rewrite", out: str = "runs/train", smoke: bool = False, resume: bool = False,
+              variant: str | None = None,
               curriculum: str | None = None, steps: str | None = None, batch_size: int | None = None,
               lr: float | None = None, device: str = "auto", bf16: bool | None = None, seed: int = 0,
               time_budget: float | None = None) -> int:
@@ -576,7 +688,9 @@ def run_train(task: str = "ar-rewrite", out: str = "runs/train", smoke: bool = F
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    base = smoke_config(task) if smoke else default_config(task)
+    base = smoke_config(task) if smoke else default_config(task, variant)
+    if smoke and variant is not None:
+        base = dataclasses.replace(base, **SPECIMEN_VARIANTS[variant])
     over: dict[str, Any] = {"seed": seed}
     cur, stp = _ints(curriculum, "curriculum"), _ints(steps, "steps")
     if cur is not None:

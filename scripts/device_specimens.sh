@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train the stream specimen family (issue 13) side by side on one GPU, one process per variant, then export
+# each as a float16 asset and evaluate it at 256 segments with and without memory. Results land in
+# $OUT/<variant>.tgz (asset, log, progress, evals) and $OUT/summary.txt.
+#   OUT=/tmp/out RUNS=/tmp/runs BUDGET=420 VARIANTS="baseline no-gamma gate half-dmem no-delta" bash scripts/device_specimens.sh
+set -uo pipefail
+OUT=${OUT:-runs/device}; RUNS=${RUNS:-runs/specimens}; BUDGET=${BUDGET:-420}
+VARIANTS=${VARIANTS:-"baseline no-gamma gate half-dmem no-delta"}; EVAL_SAMPLES=${EVAL_SAMPLES:-64}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+{ nvidia-smi -L; lscpu | grep 'Model name'; python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } > "$OUT/summary.txt" 2>&1
+T0=$(date +%s)
+for v in $VARIANTS; do
+  name=${v%%:*}; seed=${v#*:}; [ "$seed" = "$v" ] && seed=0
+  ( python3 -m armt_viz.cli train --task stream --variant "$name" --seed "$seed" --out "$RUNS/$v" \
+      --time-budget "$BUDGET" > "$RUNS/$v.log" 2>&1
+    echo "$v train rc=$? after $(( $(date +%s) - T0 ))s" >> "$OUT/summary.txt"
+    python3 bench/train_gpu.py export "$RUNS/$v" "$RUNS/$v/asset" > "$RUNS/$v/export.log" 2>&1
+    for ab in "" "--ablate-memory"; do
+      timeout 120 python3 -m armt_viz.cli eval --model "$RUNS/$v/asset" --task stream --pairs 256 \
+        --samples "$EVAL_SAMPLES" --device cuda --json $ab >> "$RUNS/$v/evals.jsonl" 2>> "$RUNS/$v/evals.err"
+    done
+    cp "$RUNS/$v.log" "$RUNS/$v/train.log"
+    tar czf "$OUT/$v.tgz" -C "$RUNS" "$v/asset" "$v/log.jsonl" "$v/evals.jsonl" "$v/evals.err" "$v/train.log" \
+      "$v/checkpoint/progress.json" 2>/dev/null ) &
+done
+wait
+echo "total $(( $(date +%s) - T0 ))s" >> "$OUT/summary.txt"
+for v in $VARIANTS; do
+  { echo "== $v"; grep -h '"exact_match"' "$RUNS/$v/log.jsonl" | tail -4; cat "$RUNS/$v/evals.jsonl"; tail -c 300 "$RUNS/$v/evals.err"; tail -c 600 "$RUNS/$v.log"; } >> "$OUT/summary.txt" 2>&1
+done
+cat "$OUT/summary.txt"
