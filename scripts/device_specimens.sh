@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the stream specimen family (issue 13) side by side on one GPU, one process per variant, then export
-# each as a float16 asset and evaluate it at 256 segments with and without memory. Results land in
+# each as a float16 asset and evaluate it (scripts/specimen_evals.py: EM at 16..1024 segments with and without
+# memory, EM by stream position over 1M tokens). Results land in
 # $OUT/<variant>.tgz (asset, log, progress, evals) and $OUT/summary.txt.
 #   OUT=/tmp/out RUNS=/tmp/runs BUDGET=420 VARIANTS="baseline no-gamma gate half-dmem no-delta" bash scripts/device_specimens.sh
 set -uo pipefail
@@ -16,17 +17,15 @@ for v in $VARIANTS; do
       --time-budget "$BUDGET" > "$RUNS/$v.log" 2>&1
     echo "$v train rc=$? after $(( $(date +%s) - T0 ))s" >> "$OUT/summary.txt"
     python3 bench/train_gpu.py export "$RUNS/$v" "$RUNS/$v/asset" > "$RUNS/$v/export.log" 2>&1
-    for ab in "" "--ablate-memory"; do
-      timeout 120 python3 -m armt_viz.cli eval --model "$RUNS/$v/asset" --task stream --pairs 256 \
-        --samples "$EVAL_SAMPLES" --device cuda --json $ab >> "$RUNS/$v/evals.jsonl" 2>> "$RUNS/$v/evals.err"
-    done
+    timeout "${EVAL_TIMEOUT:-230}" python3 scripts/specimen_evals.py "$RUNS/$v/asset" --out "$RUNS/$v/evals.json" \
+      --device cuda --samples "$EVAL_SAMPLES" --long-tokens "${LONG_TOKENS:-1000000}" > "$RUNS/$v/evals.err" 2>&1
     cp "$RUNS/$v.log" "$RUNS/$v/train.log"
-    tar czf "$OUT/$v.tgz" -C "$RUNS" "$v/asset" "$v/log.jsonl" "$v/evals.jsonl" "$v/evals.err" "$v/train.log" \
+    tar czf "$OUT/$v.tgz" -C "$RUNS" "$v/asset" "$v/log.jsonl" "$v/evals.json" "$v/evals.err" "$v/train.log" \
       "$v/checkpoint/progress.json" 2>/dev/null ) &
 done
 wait
 echo "total $(( $(date +%s) - T0 ))s" >> "$OUT/summary.txt"
 for v in $VARIANTS; do
-  { echo "== $v"; grep -h '"exact_match"' "$RUNS/$v/log.jsonl" | tail -4; cat "$RUNS/$v/evals.jsonl"; tail -c 300 "$RUNS/$v/evals.err"; tail -c 600 "$RUNS/$v.log"; } >> "$OUT/summary.txt" 2>&1
+  { echo "== $v"; grep -h '"exact_match"' "$RUNS/$v/log.jsonl" | tail -4; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({k: d.get(k) for k in ('em', 'em_ablated')})); print(d['long']['segment'])" "$RUNS/$v/evals.json"; tail -c 300 "$RUNS/$v/evals.err"; tail -c 600 "$RUNS/$v.log"; } >> "$OUT/summary.txt" 2>&1
 done
 cat "$OUT/summary.txt"
