@@ -71,6 +71,9 @@ class ARMTConfig(_JSONMixin):
         gating: later variant: per-dimension write gate (W_mb: d -> d) instead of one scalar.
         use_denom: later variant switch; False drops the normalizer z and every denominator.
         gamma_eps: keep the +eps on ||k||^2 in gamma's denominator (HEAD); later code drops it.
+        delta_rule: the delta rule (official, True): a write stores u = beta (v - v-bar), replacing the value
+            already associated with its key. False is a control that is not in any official code: u = beta v
+            (v-bar is not subtracted, so a rewrite adds to the old value instead of erasing it).
     """
 
     num_mem_tokens: int = 4
@@ -87,6 +90,7 @@ class ARMTConfig(_JSONMixin):
     gating: bool = False
     use_denom: bool = True
     gamma_eps: bool = True
+    delta_rule: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_mem_tokens", "d_mem", "segment_size", "nu", "n_heads"):
@@ -114,7 +118,7 @@ class ARMTConfig(_JSONMixin):
             f"ARMTConfig.layers_attr must be None (pick from the backbone family) or a dotted attribute path such as "
             f"'transformer.h', got {self.layers_attr!r}.",
         )
-        for name in ("wrap_pos", "correction", "normalize_features", "gating", "use_denom", "gamma_eps"):
+        for name in ("wrap_pos", "correction", "normalize_features", "gating", "use_denom", "gamma_eps", "delta_rule"):
             _check(isinstance(getattr(self, name), bool), f"ARMTConfig.{name} must be a bool, got {getattr(self, name)!r}.")
 
     @property

@@ -182,7 +182,7 @@ class AssociativeBlock(nn.Module):
             beta = hk.hook_write_gate(torch.sigmoid(self.W_mb(m)))
             res = kn.write_memory(
                 k, v, beta, A, z, first=ctx.state.first, correction=cfg.correction,
-                eps=cfg.eps, use_denom=cfg.use_denom, gamma_eps=cfg.gamma_eps,
+                eps=cfg.eps, use_denom=cfg.use_denom, gamma_eps=cfg.gamma_eps, delta_rule=cfg.delta_rule,
             )
             hk.hook_write_prev_value(res.prev_value)
             hk.hook_correction(res.correction)

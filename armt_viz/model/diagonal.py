@@ -174,7 +174,8 @@ class DiagonalExecutor:
                           cfg.n_heads, cfg.nu, cfg.normalize_features)
         value = torch.bmm(mem, self.write_value_w[layer]).reshape(n * B, M, d)
         gate = torch.sigmoid(torch.baddbmm(self.write_gate_b[layer], mem, self.write_gate_w[layer])).reshape(n * B, M, -1)
-        kw = dict(correction=cfg.correction, eps=cfg.eps, use_denom=cfg.use_denom, gamma_eps=cfg.gamma_eps)
+        kw = dict(correction=cfg.correction, eps=cfg.eps, use_denom=cfg.use_denom, gamma_eps=cfg.gamma_eps,
+                  delta_rule=cfg.delta_rule)
         if first_last:  # v-bar = 0 and gamma = 1 for that cell only: write it on its own
             cut = (n - 1) * B
             rest = write_memory(key[:cut], value[:cut], gate[:cut], A[:cut], z[:cut], first=False, **kw)

@@ -219,6 +219,8 @@ class LeanStep:
                 gamma = torch.clamp(1 - den / knorm, 0, 1)
             else:
                 gamma = torch.ones(nL * B, M, 1, dtype=v.dtype)
+            if not cfg.delta_rule:  # the control: u = beta v
+                vbar = torch.zeros_like(v)
         delta = beta * (v - vbar)
         for hk, vbar_l, gamma_l, delta_l in zip(hooks, per_layer(vbar), per_layer(gamma), per_layer(delta)):
             hk.hook_write_prev_value(vbar_l)

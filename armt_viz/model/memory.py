@@ -97,6 +97,7 @@ def write_memory(
     eps: float = 1e-5,
     use_denom: bool = True,
     gamma_eps: bool = True,
+    delta_rule: bool = True,
 ) -> WriteResult:
     """Delta-rule write of all memory tokens at once (ARMT_SPEC §1.5 `update_mem`).
 
@@ -109,6 +110,7 @@ def write_memory(
         den = z.k + eps;  v-bar = A^T k / den;
         gamma = clip(1 - den / (|k|^2 + eps), 0, 1), detached  (1 when correction is off)
     A += sum_j k_j (x) beta_j (v_j - v-bar_j);   z += sum_j gamma_j k_j
+    delta_rule=False (the control of ARMTConfig.delta_rule): v-bar = 0, so u = beta v; gamma and z as above.
     """
     k = key_features.to(assoc.dtype)
     heads = k.shape[-2]
@@ -129,6 +131,8 @@ def write_memory(
         else:
             vbar = num
             gamma = torch.ones(k.shape[:-1], dtype=k.dtype, device=k.device)
+    if not delta_rule:
+        vbar = torch.zeros_like(v)
     g = gate.to(assoc.dtype)
     # one beta per token (v1), per token and head (later code), or per dimension (gating)
     g = g.unsqueeze(-1) if g.shape[-1] in (1, heads) and g.shape[-1] != value.shape[-1] else split_heads(g, heads)

@@ -58,7 +58,7 @@ def naive_read(q_proj, assoc, normalizer, *, heads=1, nu=3, normalize=False, eps
 
 
 def naive_write(k_proj, value, gate, assoc, normalizer, *, first, heads=1, nu=3, normalize=False,
-                correction=True, eps=1e-5, use_denom=True, gamma_eps=True):
+                correction=True, eps=1e-5, use_denom=True, gamma_eps=True, delta_rule=True):
     """One segment's write, memory token by memory token (all against the pre-write state).
 
     k_proj [batch, mem, d_mem]; value [batch, mem, heads*D]; gate [batch, mem, 1 or heads*D].
@@ -89,6 +89,8 @@ def naive_write(k_proj, value, gate, assoc, normalizer, *, first, heads=1, nu=3,
                         gamma = min(max(1 - den / knorm, 0.0), 1.0) if correction else 1.0
                     else:
                         vbar, gamma = num, 1.0
+                    if not delta_rule:  # the control: u = beta v (v-bar not subtracted)
+                        vbar = torch.zeros(D, dtype=torch.float64)
                 for f in range(k.shape[0]):
                     A[b, h, f] += k[f] * beta * (v - vbar)
                     if use_denom:

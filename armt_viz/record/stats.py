@@ -65,6 +65,8 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
         s["write_key"] = per_layer("hook_write_key")
         s["write_delta"] = per_layer("hook_write_delta").expand(B, n_layers, mem, -1)
         s.update(write_gate=gate, write_correction=corr, write_prev_value_norm=prev)
+        if hooked[("hook_write_gate", 0)].shape[-1] > 1:  # per head or per channel: the origin view needs it all
+            s["write_gate_channel"] = per_layer("hook_write_gate").expand(B, n_layers, mem, -1)
     return s
 
 

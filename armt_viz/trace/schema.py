@@ -78,6 +78,8 @@ SCHEMA: dict[str, Var] = {
     "write_key": Var(("sample", "segment", "layer", "mem_token", "key_dim"), "storage", "writes", "write key W_mk m before the feature map", "1"),
     "write_delta": Var(("sample", "segment", "layer", "mem_token", "hidden"), "storage", "writes", "written delta value u = beta (v - v-bar)", "1"),
     "write_gate": Var(("sample", "segment", "layer", "mem_token"), "float32", "writes", "write gate beta (mean over dims if gated per dim)", "1"),
+    # only when beta has more than one channel (gating: one per hidden channel; n_heads > 1: one per head)
+    "write_gate_channel": Var(("sample", "segment", "layer", "mem_token", "gate_channel"), "float32", "writes", "write gate beta per channel (W_mb output: hidden channels or heads)", "1"),
     "write_correction": Var(("sample", "segment", "layer", "mem_token", "head"), "float32", "writes", "normalizer correction gamma", "1"),
     "write_prev_value_norm": Var(("sample", "segment", "layer", "mem_token"), "float32", "writes", "norm of the old value v-bar at the write key", "1"),
     # --- dense memory (full)

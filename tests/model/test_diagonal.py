@@ -74,6 +74,7 @@ CASES = {
     "only-partial": dict(segments=0, tail=5, batch=2),
     "correction-off": dict(segments=7, tail=0, batch=2, armt=dict(correction=False)),
     "gating": dict(segments=7, tail=2, batch=2, armt=dict(gating=True)),
+    "no-delta-rule": dict(segments=6, tail=0, batch=2, armt=dict(delta_rule=False)),
     "memory-heads-2": dict(segments=5, tail=0, batch=2, armt=dict(n_heads=2)),
     "normalized-features": dict(segments=4, tail=0, batch=1, armt=dict(normalize_features=True)),
     "inverse-layer-scale": dict(segments=5, tail=0, batch=2, inverse=True),

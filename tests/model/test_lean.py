@@ -25,7 +25,7 @@ def _stream(model, ids, lean=None):
 
 
 CONFIGS = [{}, {"correction": False}, {"gating": True}, {"normalize_features": True}, {"use_denom": False},
-           {"wrap_pos": True}, {"gamma_eps": False}]
+           {"wrap_pos": True}, {"gamma_eps": False}, {"delta_rule": False}]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)

@@ -52,6 +52,29 @@ def test_write_then_read_matches_naive(p):
     torch.testing.assert_close(r.double(), r_ref, **TOL)
 
 
+@pytest.mark.parametrize("heads,gating,use_denom", [(1, False, True), (2, True, True), (1, True, False)])
+def test_no_delta_rule_matches_naive_and_adds_beta_v(heads, gating, use_denom):
+    """ARMTConfig.delta_rule=False (the control): u = beta v, v-bar not subtracted; gamma and z unchanged."""
+    torch.manual_seed(3)
+    B, M, dmem, D = 2, 3, 8, 6
+    F_ = 6 * dmem // heads
+    A, z = torch.randn(B, heads, F_, D // heads) * 0.1, torch.rand(B, heads, F_)
+    kp, v = torch.randn(B, M, dmem), torch.randn(B, M, D)
+    gate = torch.rand(B, M, D if gating else heads)
+    kf = feature_map(kp, heads, 3, False)
+    res = write_memory(kf, v, gate, A, z, first=False, use_denom=use_denom, delta_rule=False)
+    A_ref, z_ref = naive_write(kp, v, gate, A, z, first=False, heads=heads, use_denom=use_denom, delta_rule=False)
+    torch.testing.assert_close(res.assoc.double(), A_ref, **TOL)
+    if use_denom:
+        torch.testing.assert_close(res.normalizer.double(), z_ref, **TOL)
+    beta = gate if gating else gate.repeat_interleave(D // heads, -1)
+    torch.testing.assert_close(res.delta, beta * v, **TOL)  # u = beta v
+    assert (res.prev_value == 0).all()
+    with_rule = write_memory(kf, v, gate, A, z, first=False, use_denom=use_denom)
+    assert (with_rule.assoc - res.assoc).abs().max() > 1e-3  # the flag changes the write
+    torch.testing.assert_close(with_rule.normalizer, res.normalizer)  # ... but not z
+
+
 def test_rewrite_same_key_returns_new_value():
     """The correction's purpose (ARMT_SPEC §1.5): rewriting a key with beta=1 replaces its value."""
     k = torch.randn(1, 1, 4)

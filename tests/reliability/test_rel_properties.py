@@ -25,7 +25,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 # ---------------------------------------------------------------- config classes
 
 POS_INT = ("num_mem_tokens", "d_mem", "segment_size", "nu", "n_heads")
-BOOLS = ("wrap_pos", "correction", "normalize_features", "gating", "use_denom", "gamma_eps")
+BOOLS = ("wrap_pos", "correction", "normalize_features", "gating", "use_denom", "gamma_eps", "delta_rule")
 junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 0), st.floats(allow_nan=True, allow_infinity=True),
                  st.text(max_size=5), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
 
