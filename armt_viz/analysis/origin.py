@@ -251,12 +251,94 @@ class _StatusPools:
             self.live[key_] = s
         return s
 
+    def stale_norms(self, S: int) -> tuple[float, float]:
+        parts = self.by_status(S)
+        return _norms(parts[_SUP]), _norms(parts[_SUP] + parts[_OTH])
+
     def by_status(self, S: int) -> np.ndarray:
         """[4, F, hidden]: the memory after S split by status (requires the scan to be at S)."""
         out = self.scan.groups[:4].copy()
         for (ta, tb), s in self.live.items():
             out[_CUR if S < ta else (_OTH if S < tb else _SUP)] += self.scan.groups[s]
         return out
+
+
+class _LowRankPools:
+    """The same bookkeeping as `_StatusPools` when the gate is constant within each head (no per-channel gating):
+    a live origin o is kept as its eroded key s_o (a column of K [F, R]) and its value beta_o v_o (a row of V
+    [R, hidden]), since C_o = s_o (x) beta_o v_o; erosion then costs J*F*R instead of J*F*hidden per group. Settled
+    pools (superseded, other, no-fact) stay dense. Same results as `_StatusPools` to rounding (tested)."""
+
+    def __init__(self, scan: OriginScan, kind, tau_a, tau_b):
+        self.scan, self.kind, self.tau_a, self.tau_b = scan, kind, tau_a, tau_b
+        F, D = scan.F, scan.D
+        self.pools = np.zeros((4, F, D))
+        self.used = [False] * 4  # pools that received anything (only those are eroded)
+        self.K = np.zeros((F, 0))
+        self.V = np.zeros((0, D))
+        self.ta = np.zeros(0, dtype=np.int64)
+        self.tb = np.zeros(0, dtype=np.int64)
+
+    def _outer(self, cols) -> np.ndarray:
+        return self.scan._masked(self.K[:, cols] @ self.V[cols])
+
+    def step(self, t: int, key, u, beta, gamma):
+        scan = self.scan
+        phi, coef, bv, den = scan.prepare(key, u, beta)
+        if coef is not None:
+            used = [i for i in (_SUP, _OTH, _NF) if self.used[i]]
+            if used:
+                self.pools[used] = scan.erode(self.pools[used], phi, coef)
+            if self.K.shape[1]:
+                H, Dh = scan.H, scan.D // scan.H
+                ch = coef[:, ::Dh]  # [J, H]: constant within a head
+                ph = phi.reshape(phi.shape[0], H, -1)
+                Kh = self.K.reshape(H, -1, self.K.shape[1])
+                p = np.einsum("jhf,hfr->jhr", ph, Kh) * ch[:, :, None]
+                self.K = (Kh - np.einsum("jhf,jhr->hfr", ph, p)).reshape(self.K.shape)
+        # advance A, z exactly as OriginScan.step
+        scan.A = scan.A + scan._masked(phi.T @ u)
+        if scan.cfg.use_denom:
+            scan.z = scan.z + (np.repeat(gamma, scan.F // scan.H, axis=1) * phi).sum(0)
+        scan.segments += 1
+        k = int(self.kind[t])
+        if k == 0:
+            J = phi.shape[0]
+            self.K = np.concatenate([self.K, phi.T], axis=1)
+            self.V = np.concatenate([self.V, bv], axis=0)
+            self.ta = np.r_[self.ta, np.full(J, self.tau_a[t])]
+            self.tb = np.r_[self.tb, np.full(J, self.tau_b[t])]
+        else:
+            self.pools[_NF if k == 3 else _OTH] += scan._masked(phi.T @ bv)
+            self.used[_NF if k == 3 else _OTH] = True
+        done = self.tb <= t
+        if done.any():
+            self.pools[_SUP] += self._outer(np.flatnonzero(done))
+            self.used[_SUP] = True
+            keep = np.flatnonzero(~done)
+            self.K, self.V, self.ta, self.tb = self.K[:, keep], self.V[keep], self.ta[keep], self.tb[keep]
+
+    def by_status(self, S: int) -> np.ndarray:
+        out = self.pools.copy()
+        cur = self.ta > S
+        if cur.any():
+            out[_CUR] += self._outer(np.flatnonzero(cur))
+        if (~cur).any():
+            out[_OTH] += self._outer(np.flatnonzero(~cur))
+        return out
+
+    def stale_norms(self, S: int) -> tuple[float, float]:
+        """(|superseded|_F, |superseded + other|_F) at S without materialising the current part."""
+        sup = self.pools[_SUP]
+        mixed = np.flatnonzero(self.ta <= S)
+        other = self.pools[_OTH] + (self._outer(mixed) if len(mixed) else 0.0)
+        return _norms(sup), _norms(sup + other)
+
+
+def _pools(config: ARMTConfig, hidden: int, kind, tau_a, tau_b):
+    """Status bookkeeping: low-rank live origins unless the gate is per channel (then dense groups)."""
+    scan = OriginScan(config, hidden, capacity=0 if not config.gating else 8)
+    return (_StatusPools if config.gating else _LowRankPools)(scan, kind, tau_a, tau_b)
 
 
 def _facts(ds, ledger, required=False) -> Facts | None:
@@ -302,8 +384,7 @@ def memory_by_origin(ds: xr.Dataset, segment: int, layer: int, *, sample: int = 
     n = int(segment) + 1
     kind, ta, tb = segment_schedule(facts, sample, n, fact)
     key, u, beta, gamma = _load_writes(ds, config, sample, layer, slice(0, n))
-    scan = OriginScan(config, u.shape[-1])
-    pools = _StatusPools(scan, kind, ta, tb)
+    pools = _pools(config, u.shape[-1], kind, ta, tb)
     for t in range(n):
         pools.step(t, key[t], u[t], beta[t], gamma[t])
     out = pools.by_status(n - 1)
@@ -379,8 +460,7 @@ def _stale_block(carry, key, u, beta, gamma, t0: int, schedule, config, hidden):
     (carry, [3, n] = |superseded|_F, |superseded + other|_F, |A|_F after each segment)."""
     kind, ta, tb = schedule
     if carry is None:
-        scan = OriginScan(config, hidden)
-        pools = _StatusPools(scan, kind, ta, tb)
+        pools = _pools(config, hidden, kind, ta, tb)
     else:
         pools = carry
         pools.kind, pools.tau_a, pools.tau_b = kind, ta, tb
@@ -389,9 +469,7 @@ def _stale_block(carry, key, u, beta, gamma, t0: int, schedule, config, hidden):
     for i in range(n):
         t = t0 + i
         pools.step(t, key[i], u[i], beta[i], gamma[i])
-        parts = pools.by_status(t)
-        out[0, i] = _norms(parts[_SUP])
-        out[1, i] = _norms(parts[_SUP] + parts[_OTH])
+        out[0, i], out[1, i] = pools.stale_norms(t)
         out[2, i] = _norms(pools.scan.A)
     return pools, out
 

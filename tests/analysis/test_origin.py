@@ -205,3 +205,32 @@ def test_sums_are_exact_on_a_recorded_model_at_every_segment(armt):
     assert lazy.chunks is not None
     np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-12, equal_nan=True)
     assert np.nanmax(eager.values) > 0  # superseded versions exist in this stream
+
+
+def test_low_rank_bookkeeping_equals_dense_groups():
+    """Without per-channel gating, live origins are kept as (eroded key, value) pairs; the dense groups agree."""
+    from armt_viz.analysis._common import config_of
+
+    rng = np.random.default_rng(5)
+    config = ARMTConfig(num_mem_tokens=2, d_mem=4, n_heads=2, segment_size=SEG)
+    T = 9
+    events = []
+    for t in range(T):
+        events.append(dict(role="write", segment=t, position=0, fact=int(rng.integers(3)), value=int(rng.integers(9))))
+    ledger = ledger_from_events(events, segment_size=SEG)
+    keys = rng.normal(size=(1, T, 1, 2, 4))
+    ds = build_trace(config, keys, rng.normal(size=(1, T, 1, 2, 8)), rng.uniform(0.2, 1, size=(1, T, 1, 2)),
+                     ledger=ledger)
+    ds = ds.assign(write_gate_channel=(("sample", "segment", "layer", "mem_token", "gate_channel"),
+                                       np.repeat(ds["write_gate"].values[..., None], 2, axis=-1)))
+    facts = O._facts(ds, None)
+    key, u, beta, gamma = O._load_writes(ds, config_of(ds), 0, 0, slice(0, T))
+    sched = O.segment_schedule(facts, 0, T)
+    dense = O._StatusPools(O.OriginScan(config, 8), *sched)
+    low = O._LowRankPools(O.OriginScan(config, 8), *sched)
+    for t in range(T):
+        dense.step(t, key[t], u[t], beta[t], gamma[t])
+        low.step(t, key[t], u[t], beta[t], gamma[t])
+        np.testing.assert_allclose(low.by_status(t), dense.by_status(t), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(low.stale_norms(t), dense.stale_norms(t), rtol=1e-12)
+    assert np.linalg.norm(dense.by_status(T - 1)[1]) > 0  # something was superseded
