@@ -160,6 +160,23 @@ def test_read_attribution_by_origin_shows_the_net():
     assert set(origin.coords) >= {"status", "write_segment", "mem_token"}
 
 
+def test_write_vs_origin_figure_shows_cancelling_bars_and_the_net():
+    from armt_viz.viz.figures_origin import write_vs_origin_figure
+
+    ds, _ = _two_keys(beta_b=1.0)
+    per_write = av.attribute_read(ds, probe=0, layer=0, by="write")
+    per_origin = av.attribute_read(ds, probe=0, layer=0, by="origin")
+    fig = write_vs_origin_figure(per_write, per_origin)
+    summary = fig.layout.meta["summary"]
+    assert summary["write"]["stale"] == pytest.approx(0.5, abs=1e-6)  # half of |r| from the overwritten write
+    assert abs(summary["origin"].get("superseded", 0.0)) <= SURVIVAL_TOL
+    assert summary["origin"]["current"] == pytest.approx(1.0, abs=1e-6)
+    top = [t for t in fig.data if t.yaxis == "y"]
+    bottom = [t for t in fig.data if t.yaxis == "y2"]
+    assert sum(float(np.sum(t.y)) for t in top) == pytest.approx(1.0, abs=1e-6)
+    assert sum(float(np.sum(t.y)) for t in bottom) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_bad_input_is_refused():
     ds, _ = _two_keys(beta_b=1.0)
     with pytest.raises(ValueError, match="method"):
