@@ -257,7 +257,8 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
 
     if specimens is None:
         models = [model] if isinstance(model, str) else list(model)
-        specimens = {m: m for m in models}
+        # "name=path" names a specimen (e.g. baseline=runs/train/stream); a bare spec is its own name
+        specimens = dict(m.split("=", 1) if "=" in m else (m, m) for m in models)
     if not specimens:
         raise ValueError("stale_keys_study needs at least one model; pass model='demo' or a checkpoint folder")
     cfg = dict(SMALL if small else FULL)
