@@ -89,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="'demo' or a save_pretrained folder, optionally named NAME=FOLDER; repeat for several "
                          "specimens (default: demo)")
     st.add_argument("--out", required=True, help="output folder (study.zarr, report.html, figures/)")
-    st.add_argument("--small", action="store_true", help="CI-sized settings (minutes on 2 CPU cores)")
+    size = st.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="CI-sized settings (minutes on 2 CPU cores)")
+    size.add_argument("--medium", action="store_true", help="a 12k-token stream, long enough for the demo model "
+                      "to degrade (~15 min on 2 CPU cores)")
     st.add_argument("--scheduler", default=None, help="dask scheduler address; runs go to that cluster")
     st.add_argument("--no-png", action="store_true", help="skip the PNG copies of the figures")
 
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "study":
         from .study import stale_keys_study
-        stale_keys_study(args.model or ["demo"], args.out, small=args.small, scheduler=args.scheduler,
-                         png=not args.no_png)
+        stale_keys_study(args.model or ["demo"], args.out, small=args.small, medium=args.medium,
+                         scheduler=args.scheduler, png=not args.no_png)
         sys.stdout.write(f"wrote {args.out}/report.html, {args.out}/study.zarr and {args.out}/figures/\n")
         return 0
     if args.command == "bench":

@@ -6,6 +6,6 @@
     report.py   figures, the offline HTML report, PNGs
 """
 
-from .core import FULL, SMALL, plan, stale_keys_study, summarise
+from .core import FULL, MEDIUM, SMALL, plan, stale_keys_study, summarise
 
-__all__ = ["stale_keys_study", "plan", "summarise", "SMALL", "FULL"]
+__all__ = ["stale_keys_study", "plan", "summarise", "SMALL", "MEDIUM", "FULL"]

@@ -24,12 +24,14 @@ import xarray as xr
 from . import stats as st
 from .runs import stream_run
 
-__all__ = ["plan", "stale_keys_study", "summarise", "SMALL", "FULL"]
+__all__ = ["plan", "stale_keys_study", "summarise", "SMALL", "MEDIUM", "FULL"]
 
 log = logging.getLogger(__name__)
 
 # settings: key counts swept, tokens per run (the model's own key count gets `tokens_main`), seeds, causal horizon
 SMALL = dict(n_keys=(2,), tokens=1000, tokens_main=1000, seeds=(0,), horizon=48, variants=True)
+# a CPU-sized run long enough for the demo model's recall to degrade (~13 min on 2 busy CPU cores)
+MEDIUM = dict(n_keys=(2,), tokens=4000, tokens_main=12000, seeds=(0,), horizon=256, variants=True)
 FULL = dict(n_keys=(2, 4, 64), tokens=200_000, tokens_main=1_000_000, seeds=(0, 1, 2), horizon=512, variants=True)
 VARIANTS = {"as trained": {}, "gamma off": {"correction": False}, "no delta rule": {"delta_rule": False}}
 
@@ -241,14 +243,15 @@ def _findings(d: xr.Dataset, command: str) -> xr.Dataset:
 
 
 def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/study", *, small: bool = False,
-                     scheduler: str | None = None, specimens: dict[str, str] | None = None,
+                     medium: bool = False, scheduler: str | None = None, specimens: dict[str, str] | None = None,
                      settings: dict | None = None, progress: bool = True, png: bool = True) -> xr.Dataset:
     """Run the stale-key study and write DIR/study.zarr, DIR/report.html (offline) and DIR/figures/*.png.
 
     Args:
         model: a model spec ('demo' or a save_pretrained folder) or a list of them (each is a specimen).
         specimens: {name: model spec} instead of `model` (e.g. the trained family).
-        small: the CI-sized settings (`SMALL`, minutes on 2 CPU cores); else `FULL` (up to 1M tokens per stream).
+        small: the CI-sized settings (`SMALL`, minutes on 2 CPU cores); medium: `MEDIUM` (a 12k-token stream,
+            long enough for the demo model to degrade; ~13 min); else `FULL` (up to 1M tokens per stream).
         settings: override entries of SMALL/FULL.
         scheduler: a dask scheduler address: runs are mapped onto that cluster; None runs them here.
     Returns the summary Dataset (also in study.zarr).
@@ -261,12 +264,14 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
         specimens = dict(m.split("=", 1) if "=" in m else (m, m) for m in models)
     if not specimens:
         raise ValueError("stale_keys_study needs at least one model; pass model='demo' or a checkpoint folder")
-    cfg = dict(SMALL if small else FULL)
+    if small and medium:
+        raise ValueError("pass small=True or medium=True, not both")
+    cfg = dict(SMALL if small else MEDIUM if medium else FULL)
     cfg.update(settings or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     command = "armt-viz study stale-keys " + " ".join(f"--model {m}" for m in specimens.values()) + \
-        f" --out {out}" + (" --small" if small else "")
+        f" --out {out}" + (" --small" if small else " --medium" if medium else "")
     specs = plan(specimens, cfg)
     log.info("stale-key study: %d runs", len(specs))
     t0 = time.time()

@@ -69,7 +69,7 @@ def write_vs_origin_figure(per_write: xr.DataArray, per_origin: xr.DataArray, *,
     fig.update_yaxes(title_text="share of |r|", row=1, col=1)
     fig.update_yaxes(title_text="share of |r|", row=2, col=1)
     fig.update_xaxes(title_text="write segment", row=2, col=1)
-    fig.update_layout(barmode="relative", bargap=0.15)
+    fig.update_layout(barmode="relative", bargap=0.15, margin=dict(t=120))
     sw, so = summary["write"], summary["origin"]
     sub = ("stale/superseded share: per write {:.2f}, per origin {:.2f} of |r|; both panels sum to 1"
            .format(sw.get("stale", 0.0) + sw.get("superseded", 0.0), so.get("superseded", 0.0)))
