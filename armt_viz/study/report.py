@@ -215,9 +215,18 @@ def answer_text(d: xr.Dataset) -> str:
             s.append(f"Causal test ({at}): recall over the next segments is {_fmt(c0[0])} unedited, {_fmt(cs[0])} "
                      f"with the stale part removed and {_fmt(cr[0])} with a random part of equal norm removed: "
                      f"{verdict}.")
-        where = "crosstalk from other keys" if (np.isfinite(xt[0]) and np.isfinite(res[0]) and xt[0] > res[0]) \
-            else "residue of old versions"
-        s.append(f"Where it fails: the larger contamination at a fact's keys is {where}.")
+        causal = np.isfinite(cs[0]) and cs[1] > c0[2] and not cr[1] > c0[2]
+        if causal:
+            s.append("Where it fails: the erasure is incomplete, and what survives of superseded values is what breaks "
+                     f"recall (the causal test), even though other keys contribute more to a read at the fact's keys "
+                     f"({_fmt(xt[0])} vs {_fmt(res[0])})." if xt[0] > res[0] else
+                     "Where it fails: the erasure is incomplete, and what survives of superseded values is what "
+                     "breaks recall (the causal test).")
+        else:
+            where = "crosstalk from other keys" if (np.isfinite(xt[0]) and np.isfinite(res[0]) and xt[0] > res[0]) \
+                else "residue of old versions"
+            s.append(f"Where it would fail: the larger contamination at a fact's keys is {where}; the causal test "
+                     "does not single out stale residue here.")
         out.append(" ".join(s))
     return "<p>" + "</p><p>".join(out) + "</p>"
 
