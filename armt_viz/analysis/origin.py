@@ -126,11 +126,16 @@ class OriginScan:
         return x if self.mask is None else x * self.mask
 
     # -- the recurrence
-    def prepare(self, key: np.ndarray, u: np.ndarray, beta: np.ndarray):
-        """Segment quantities from the pre-segment memory: phi [J, F], coef = beta / D [J, hidden] (None: O = I),
-        bv = beta v [J, hidden], and D [J, heads]."""
+    def features(self, key: np.ndarray) -> np.ndarray:
+        """phi of pre-feature keys [..., key_dim] -> [..., F] (compute a block's at once: cheaper than per segment)."""
         cfg = self.cfg
-        phi = feature_map(key, cfg.n_heads, cfg.nu, cfg.normalize_features)  # [J, F]
+        return feature_map(key, cfg.n_heads, cfg.nu, cfg.normalize_features)
+
+    def prepare(self, key: np.ndarray, u: np.ndarray, beta: np.ndarray, phi: np.ndarray | None = None):
+        """Segment quantities from the pre-segment memory: phi [J, F], coef = beta / D [J, hidden] (None: O = I),
+        bv = beta v [J, hidden], and D [J, heads]. `phi` may be passed precomputed (`features`)."""
+        cfg = self.cfg
+        phi = self.features(key) if phi is None else phi  # [J, F]
         J = phi.shape[0]
         if cfg.use_denom:
             den = (phi.reshape(J, self.H, -1) * self.z.reshape(self.H, -1)).sum(-1) + cfg.eps  # [J, H]
@@ -149,9 +154,9 @@ class OriginScan:
         p = (phi @ x) * coef  # [..., J, hidden]
         return x - self._masked(phi.T @ p)
 
-    def step(self, key, u, beta, gamma, n_groups: int | None = None):
+    def step(self, key, u, beta, gamma, n_groups: int | None = None, phi=None):
         """Advance one segment: erode the first `n_groups` groups (all if None); return (E_t, phi, coef, bv, den)."""
-        phi, coef, bv, den = self.prepare(key, u, beta)
+        phi, coef, bv, den = self.prepare(key, u, beta, phi)
         n = len(self.groups) if n_groups is None else n_groups
         if n and coef is not None:
             self.groups[:n] = self.erode(self.groups[:n], phi, coef)
@@ -222,9 +227,9 @@ class _StatusPools:
         self.free: list[int] = []
         self.n = 4
 
-    def step(self, t: int, key, u, beta, gamma):
+    def step(self, t: int, key, u, beta, gamma, phi=None):
         scan = self.scan
-        inject, *_ = scan.step(key, u, beta, gamma, n_groups=self.n)
+        inject, *_ = scan.step(key, u, beta, gamma, n_groups=self.n, phi=phi)
         k = int(self.kind[t])
         if k == 0:
             slot = self._slot((int(self.tau_a[t]), int(self.tau_b[t])))
@@ -282,22 +287,25 @@ class _LowRankPools:
     def _outer(self, cols) -> np.ndarray:
         return self.scan._masked(self.K[:, cols] @ self.V[cols])
 
-    def step(self, t: int, key, u, beta, gamma):
+    def step(self, t: int, key, u, beta, gamma, phi=None):
         scan = self.scan
-        phi, coef, bv, den = scan.prepare(key, u, beta)
+        phi, coef, bv, den = scan.prepare(key, u, beta, phi)
         if coef is not None:
-            used = [i for i in (_SUP, _OTH, _NF) if self.used[i]]
-            if used:
-                self.pools[used] = scan.erode(self.pools[used], phi, coef)
+            for i in (_SUP, _OTH, _NF):
+                if self.used[i]:
+                    self.pools[i] = scan.erode(self.pools[i], phi, coef)
             if self.K.shape[1]:
                 H, Dh = scan.H, scan.D // scan.H
                 ch = coef[:, ::Dh]  # [J, H]: constant within a head
-                ph = phi.reshape(phi.shape[0], H, -1)
-                Kh = self.K.reshape(H, -1, self.K.shape[1])
-                p = np.einsum("jhf,hfr->jhr", ph, Kh) * ch[:, :, None]
-                self.K = (Kh - np.einsum("jhf,jhr->hfr", ph, p)).reshape(self.K.shape)
+                if H == 1:
+                    self.K -= phi.T @ ((phi @ self.K) * ch)
+                else:
+                    ph = phi.reshape(phi.shape[0], H, -1)
+                    Kh = self.K.reshape(H, -1, self.K.shape[1])
+                    p = np.einsum("jhf,hfr->jhr", ph, Kh) * ch[:, :, None]
+                    self.K = (Kh - np.einsum("jhf,jhr->hfr", ph, p)).reshape(self.K.shape)
         # advance A, z exactly as OriginScan.step
-        scan.A = scan.A + scan._masked(phi.T @ u)
+        scan.A += scan._masked(phi.T @ u)
         if scan.cfg.use_denom:
             scan.z = scan.z + (np.repeat(gamma, scan.F // scan.H, axis=1) * phi).sum(0)
         scan.segments += 1
@@ -466,9 +474,10 @@ def _stale_block(carry, key, u, beta, gamma, t0: int, schedule, config, hidden):
         pools.kind, pools.tau_a, pools.tau_b = kind, ta, tb
     n = key.shape[0]
     out = np.zeros((3, n))
+    phi = pools.scan.features(key)  # [n, mem, F], the block's features at once
     for i in range(n):
         t = t0 + i
-        pools.step(t, key[i], u[i], beta[i], gamma[i])
+        pools.step(t, key[i], u[i], beta[i], gamma[i], phi[i])
         out[0, i], out[1, i] = pools.stale_norms(t)
         out[2, i] = _norms(pools.scan.A)
     return pools, out
