@@ -169,6 +169,11 @@ def summarise(results: list[xr.Dataset], *, command: str = "") -> xr.Dataset:
     causal = xr.Dataset({k: ("causal_row", np.array([c[k] for c in causal_rows], dtype=object if isinstance(causal_rows[0][k], str) else None))
                          for k in (causal_rows[0] if causal_rows else {})})
     out = xr.merge([q, curves, fits, segs, causal], compat="override", join="outer")
+    for r in results:  # the report's one-read figure, so a report can be rebuilt from study.zarr alone
+        if "example_write_share" in r:
+            out = out.merge(r[[v for v in r.data_vars if v.startswith("example_")]])
+            out.attrs.update({k: r.attrs[k] for k in ("example_norm", "example_probe", "analysis_layer")})
+            break
     findings = _findings(out, command)
     out = out.merge(findings)
     out.attrs.update(segment_size=S, command=command, n_runs=len(results), created=time.strftime("%Y-%m-%d %H:%M:%S"))

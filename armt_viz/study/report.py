@@ -117,9 +117,12 @@ def _causal_figure(d: xr.Dataset) -> go.Figure:
                   subtitle="replay from the degraded segment over the next segments; 95 % Wilson intervals")
 
 
-def _example_figure(results) -> go.Figure | None:
+def _example_figure(results, d: xr.Dataset | None = None) -> go.Figure | None:
     from ..viz.figures_origin import write_vs_origin_figure
 
+    if not results and d is not None and "example_write_share" in d:  # from a stored summary
+        results = [d.assign_attrs(example_norm=d.attrs["example_norm"], example_probe=d.attrs["example_probe"],
+                                  analysis_layer=d.attrs["analysis_layer"])]
     for r in results or []:
         if "example_write_share" in r:
             w = xr.DataArray(r["example_write_share"].values, dims=("write",), coords={
@@ -150,7 +153,7 @@ def study_figures(d: xr.Dataset, results=None) -> dict[str, go.Figure]:
             "What a read at the asked fact's keys gets from elsewhere", "shares of the read's norm (origin view)"),
         "causal_test": _causal_figure(d),
     }
-    ex = _example_figure(results)
+    ex = _example_figure(results, d)
     if ex is not None:
         figs["one_read_two_views"] = ex
     return figs
@@ -195,9 +198,10 @@ def answer_text(d: xr.Dataset) -> str:
              f"updates per key and {_fmt(a2[0])} ({_fmt(a2[1])}-{_fmt(a2[2])}) {html.escape(hi_k.split('accuracy at ')[-1]) if hi_k else ''}; "
              f"{fit}; a decline of PI-LLM's shape (log-linear from 3 to 0 at 400 updates) halves at "
              f"{st.pi_llm_halving():.0f}."]
-        s.append(f"Under the delta rule little of an old value survives: the surviving stale mass is {_fmt(so[0])} of "
-                 f"the memory a query reads, where the naive per-write sum reports {_fmt(sw[0])}. At the asked fact's "
-                 f"own keys, old versions contribute {_fmt(res[0])} of the read and other keys {_fmt(xt[0])}.")
+        s.append(f"The delta rule erases part of each old value: the surviving stale mass (origin view) is "
+                 f"{_fmt(so[0])} of the memory a query reads, where the naive per-write sum reports {_fmt(sw[0])}. At "
+                 f"the asked fact's own keys, old versions contribute {_fmt(res[0])} of the read and other keys "
+                 f"{_fmt(xt[0])}.")
         if np.isfinite(g[0]) or np.isfinite(nd[0]):
             s.append(f"On the same weights, switching gamma off gives recall {_fmt(g[0])} and removing the delta rule "
                      f"{_fmt(nd[0])}.")
