@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     size = st.add_mutually_exclusive_group()
     size.add_argument("--small", action="store_true", help="CI-sized settings (minutes on 2 CPU cores)")
     size.add_argument("--medium", action="store_true", help="a 12k-token stream, long enough for the demo model "
-                      "to degrade (~15 min on 2 CPU cores)")
+                      "to degrade (5-13 min on 2 CPU cores)")
     st.add_argument("--scheduler", default=None, help="dask scheduler address; runs go to that cluster")
     st.add_argument("--no-png", action="store_true", help="skip the PNG copies of the figures")
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # settings: key counts swept, tokens per run (the model's own key count gets `tokens_main`), seeds, causal horizon
 SMALL = dict(n_keys=(2,), tokens=1000, tokens_main=1000, seeds=(0,), horizon=48, variants=True)
-# a CPU-sized run long enough for the demo model's recall to degrade (~13 min on 2 busy CPU cores)
+# a CPU-sized run long enough for the demo model's recall to degrade (5-13 min on 2 CPU cores)
 MEDIUM = dict(n_keys=(2,), tokens=4000, tokens_main=12000, seeds=(0,), horizon=256, variants=True)
 FULL = dict(n_keys=(2, 4, 64), tokens=200_000, tokens_main=1_000_000, seeds=(0, 1, 2), horizon=512, variants=True)
 VARIANTS = {"as trained": {}, "gamma off": {"correction": False}, "no delta rule": {"delta_rule": False}}
