@@ -8,7 +8,8 @@ machines without a model):
     record, replay, probe_keys               run the model and write traces (torch)
     open_trace, open_traces, validate_trace  read traces (no torch)
     memory_at                                exact memory reconstruction (no torch)
-    attribute_read                           exact read attribution (no torch)
+    attribute_read                           exact read attribution (no torch); by="origin": delta-rule exact
+    memory_by_origin                         A split by the status of its origins (no torch)
     explore                                  ipywidgets explorer
     load_demo_model                          the shipped trained model
 """
@@ -36,6 +37,7 @@ _LAZY = {
     "validate_trace": "armt_viz.trace",
     "memory_at": "armt_viz.trace",
     "attribute_read": "armt_viz.analysis",
+    "memory_by_origin": "armt_viz.analysis",
     "explore": "armt_viz.viz.explorer",
     "load_demo_model": "armt_viz.assets",
 }

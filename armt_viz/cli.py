@@ -6,6 +6,7 @@
     armt-viz train    train a small ARMT with a curriculum
     armt-viz eval     evaluate a model on a task, one JSON line
     armt-viz bench    run the benchmarks in bench/
+    armt-viz study    stale-keys: the stale-key study (report.html, study.zarr, figures/*.png)
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ablate-memory", action="store_true")
     e.add_argument("--json", action="store_true")
 
+    st = sub.add_parser("study", help="run a study and write its report")
+    st.add_argument("study", choices=["stale-keys"], help="which study")
+    st.add_argument("--model", action="append", default=None,
+                    help="'demo' or a save_pretrained folder, optionally named NAME=FOLDER; repeat for several "
+                         "specimens (default: demo)")
+    st.add_argument("--out", required=True, help="output folder (study.zarr, report.html, figures/)")
+    size = st.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="CI-sized settings (minutes on 2 CPU cores)")
+    size.add_argument("--medium", action="store_true", help="a 12k-token stream, long enough for the demo model "
+                      "to degrade (5-13 min on 2 CPU cores)")
+    st.add_argument("--scheduler", default=None, help="dask scheduler address; runs go to that cluster")
+    st.add_argument("--no-png", action="store_true", help="skip the PNG copies of the figures")
+
     b = sub.add_parser("bench", help="run benchmarks (prints ratio tables)")
     b.add_argument("names", nargs="*", help="benchmarks to run (default: all CPU ones)")
     return p
@@ -110,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         out = json.dumps(result, sort_keys=True)
         sys.stdout.write(out + "\n") if args.json else sys.stdout.write(
             "\n".join(f"{k}: {v}" for k, v in result.items()) + "\n")
+        return 0
+    if args.command == "study":
+        from .study import stale_keys_study
+        stale_keys_study(args.model or ["demo"], args.out, small=args.small, medium=args.medium,
+                         scheduler=args.scheduler, png=not args.no_png)
+        sys.stdout.write(f"wrote {args.out}/report.html, {args.out}/study.zarr and {args.out}/figures/\n")
         return 0
     if args.command == "bench":
         import runpy

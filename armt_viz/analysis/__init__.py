@@ -8,7 +8,10 @@ accessor, which forwards to the same functions.
     attribute_read(ds, probe, layer)   exact shares of a read over past writes; .sum() == |read_out|
     probe_read(ds, probe, layer)       the recorded read (q, D, r) of one probe
     recall_shares / stale_share        current / stale / other fractions of each recall (ledger)
-    stale_mass                         |sum_superseded phi (x) u|_F / |A|_F over time, per layer (ledger)
+    stale_mass                         |sum_superseded phi (x) u|_F / |A|_F over time, per layer (ledger);
+                                       method="origin": the surviving stale mass, exact under the delta rule
+    memory_by_origin                   A split by the status of its origins (current/superseded/other/no-fact)
+    fact_residual                      per fact: old versions' and other facts' shares of a read at its keys
     answer_status                      current / stale / other / wrong answers (probes or probe_keys output)
     fact_lineage                       versions, supersessions, recalls and their attribution of a fact
     key_overlap, retrieval_snr         interference between write keys; recall signal-to-noise
@@ -25,18 +28,23 @@ from .attribution import attribute_read, probe_read
 from .capacity import capacity, effective_rank, memory_spectrum
 from .interference import correction_distribution, key_overlap, retrieval_snr
 from .lineage import fact_lineage
+from .origin import ORIGIN_STATUS, fact_residual, memory_by_origin, origin_contributions
 from .staleness import recall_shares, stale_mass, stale_share
 
 __all__ = [
     "ANSWER_CLASSES",
+    "ORIGIN_STATUS",
     "answer_status",
     "attribute_read",
     "capacity",
     "correction_distribution",
     "effective_rank",
     "fact_lineage",
+    "fact_residual",
     "key_overlap",
+    "memory_by_origin",
     "memory_spectrum",
+    "origin_contributions",
     "probe_read",
     "recall_shares",
     "retrieval_snr",

@@ -153,12 +153,19 @@ class Facts:
         return sample[starts][keep], segment[starts][keep], tau[keep]
 
     def _superseded_of_held(self) -> np.ndarray:
-        """superseded_segment of the version each held row holds."""
-        vkey = _pair_key(_pair_key(self.ver_sample, self.ver_fact), self.ver_version)
-        hkey = _pair_key(_pair_key(self.held_sample, self.held_fact), self.held_version)
-        order = np.argsort(vkey, kind="stable")
-        pos = np.searchsorted(vkey[order], hkey)
-        return self.ver_superseded_segment[order][pos]
+        """superseded_segment of the version each held row holds.
+
+        Joined on the (sample, fact, version) triple itself: a nested `_pair_key` shifts the sample out of int64
+        for samples >= 1 (sample 1's versions then collided with sample 0's)."""
+        if len(self.held_sample) == 0:
+            return np.zeros(0, dtype=np.int64)
+        rows = np.concatenate([np.stack([self.ver_sample, self.ver_fact, self.ver_version], 1),
+                               np.stack([self.held_sample, self.held_fact, self.held_version], 1)])
+        _, inv = np.unique(rows, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        table = np.full(int(inv.max()) + 1, NO_VALUE, dtype=np.int64)
+        table[inv[: len(self.ver_sample)]] = self.ver_superseded_segment
+        return table[inv[len(self.ver_sample):]]
 
     def match_probes(self, probe_sample: np.ndarray, probe_token: np.ndarray) -> np.ndarray:
         """Index into query_* of the query whose span [query token, end of answer) holds each probe; -1 if none."""

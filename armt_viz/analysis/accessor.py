@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import answers, attribution, capacity, interference, lineage, staleness
+from . import answers, attribution, capacity, interference, lineage, origin, staleness
 from ._common import check_trace
 from ._ledger import Facts, facts_of, ledger_of
 
@@ -72,6 +72,16 @@ class ArmtAccessor:
         """See `armt_viz.analysis.stale_mass`."""
         kwargs["ledger"] = self._ledger(kwargs.get("ledger"))
         return staleness.stale_mass(self._ds, **kwargs)
+
+    def memory_by_origin(self, segment: int, layer: int, **kwargs) -> xr.DataArray:
+        """See `armt_viz.analysis.memory_by_origin`."""
+        kwargs["ledger"] = self._ledger(kwargs.get("ledger"))
+        return origin.memory_by_origin(self._ds, segment, layer, **kwargs)
+
+    def fact_residual(self, layer: int, **kwargs) -> xr.Dataset:
+        """See `armt_viz.analysis.fact_residual`."""
+        kwargs["ledger"] = self._ledger(kwargs.get("ledger"))
+        return origin.fact_residual(self._ds, layer, **kwargs)
 
     def answer_status(self, **kwargs) -> xr.DataArray:
         """See `armt_viz.analysis.answer_status`."""

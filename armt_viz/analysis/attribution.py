@@ -32,7 +32,7 @@ from ._ledger import STATUS, Facts, facts_of, ledger_of
 __all__ = ["attribute_read", "probe_read", "ProbeRead"]
 
 Kind = Literal["share", "vector", "denominator"]
-By = Literal["segment", "mem_token", "fact", "status"]
+By = Literal["write", "origin", "segment", "mem_token", "fact", "status"]
 _NEEDS = ("write_key", "write_delta", "read_query", "read_out", "read_denominator", "probe_sample", "probe_segment")
 
 
@@ -181,7 +181,10 @@ def attribute_read(
         kind: "share" (default): a_w = <c_w, r>/|r|, one number per write, summing to |r|;
             "vector": c_w = (q.phi_w) u_w / D over `hidden`, summing to r;
             "denominator": gamma_w (q.phi_w)/D per `head`, summing to 1 - eps/D.
-        by: None (one entry per write event, dim `write`), or the sum over a grouping:
+        by: None or "write" (one entry per write event, dim `write`: the per-write view, what each write *added*,
+            phi_w (x) u_w), "origin" (the origin view, exact under the delta rule: what each write's value still
+            contributes after later writes erased along its key; `armt_viz.analysis.origin`), or the per-write
+            terms summed over a grouping:
             "segment" (dim `write_segment`), "mem_token", "status" (current / stale / other relative to the fact
             the probe asks about, from the ledger) or "fact" (dim `fact_id`; each segment's total is split equally
             among the facts its segment holds, -1 = no fact, so the groups still add up).
@@ -200,8 +203,12 @@ def attribute_read(
         >>> shares = attribute_read(ds, probe=0, layer=1)
         >>> float(shares.sum()) - shares.attrs["read_out_norm"]   # ~0
     """
-    if by not in (None, "segment", "mem_token", "status", "fact"):
-        raise ValueError(f"by must be None, 'segment', 'mem_token', 'status' or 'fact', got {by!r}")
+    if by not in (None, "write", "origin", "segment", "mem_token", "status", "fact"):
+        raise ValueError(f"by must be None/'write', 'origin', 'segment', 'mem_token', 'status' or 'fact', got {by!r}")
+    if by == "origin":
+        from .origin import attribute_read_origin
+        return attribute_read_origin(ds, probe, layer, kind=kind, ledger=ledger)
+    by = None if by == "write" else by
     if kind not in _NAMES:
         raise ValueError(f"kind must be 'share', 'vector' or 'denominator', got {kind!r}")
     check_trace(ds, _NEEDS + (("write_correction",) if kind == "denominator" else ()), "attribute_read")

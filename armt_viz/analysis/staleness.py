@@ -234,8 +234,14 @@ def stale_mass(
     normalize: bool = True,
     ledger=None,
     block_segments: int | None = None,
+    method: str = "write",
 ) -> xr.DataArray:
     """Superseded mass of the memory over time, per sample and layer (dims sample, segment, layer).
+
+    method="origin": the surviving stale mass, exact under the delta rule (`armt_viz.analysis.origin.
+    origin_stale_mass`: the part of A that superseded versions' values still contribute after erasure).
+    method="write" (default, the per-write view below): the literal sum of what superseded writes added; it
+    ignores the delta rule's erasure, so it reports stale mass for a memory that holds no trace of an old value.
 
         stale_mass(S) = | sum_{w superseded at S} phi_w (x) u_w |_F  /  | A_S |_F,    A_S = sum_{w: segment <= S} phi_w (x) u_w
 
@@ -249,6 +255,12 @@ def stale_mass(
     run at most 8 blocks ahead of the norms, so worker memory stays bounded however long the trace; the result
     is lazy on a dask-backed trace.
     """
+    if method == "origin":
+        from .origin import origin_stale_mass
+        kw = {} if block_segments is None else {"block_segments": block_segments}
+        return origin_stale_mass(ds, rule=rule, normalize=normalize, ledger=ledger, **kw)
+    if method != "write":
+        raise ValueError(f"method must be 'write' (per-write view) or 'origin' (exact under the delta rule), got {method!r}")
     check_trace(ds, ("write_key", "write_delta"), "stale_mass")
     import dask
     import dask.array as dsa

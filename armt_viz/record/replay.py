@@ -8,6 +8,8 @@ Edits act on the memory at the restore point, using the algebra of DESIGN.md §4
     {"op": "delete", "segment": s, "layer": l, "mem_token": j}   A -= phi_w (x) u_w ; z -= gamma_w phi_w
     {"op": "scale",  "segment": s, "layer": l, "mem_token": j, "factor": f}   the write counts f times
     {"op": "inject", "layer": l, "key": k[d_mem], "delta": u[hidden], "gamma": g}   a new write
+    {"op": "assoc",  "layer": l, "delta": D[key_feature, hidden] or [sample, key_feature, hidden]}   A += D
+      (any dense edit of A, e.g. removing the surviving part of superseded versions, `memory_by_origin`)
 `mem_token` may be omitted to edit every memory token of the segment. Later writes that read
 the edited memory (through v-bar) are not re-derived before `from_segment`; from there on the
 run is recomputed, so the edit propagates exactly through everything the model does next.
@@ -55,13 +57,20 @@ def restore_state(model, ds, segment: int, edits=None) -> MemoryState:
             gamma = ds["write_correction"].isel(**sel).transpose("mem_token", "sample", "head").values.astype(np.float64)
             factor = 0.0 if op == "delete" else float(e["factor"])
             w = factor - 1.0
+        elif op == "assoc":
+            d = np.asarray(e["delta"], dtype=np.float64)
+            if d.shape not in (A[l].shape, A[l].shape[1:]):
+                raise ValueError(f"edit {{'op': 'assoc'}}: delta has shape {d.shape}; expected {A[l].shape[1:]} "
+                                 f"(key_feature, hidden) or {A[l].shape} (sample, key_feature, hidden)")
+            A[l] = A[l] + d
+            continue
         elif op == "inject":
             key = np.broadcast_to(np.asarray(e["key"], np.float64), (1, ds.sizes["sample"], cfg["d_mem"]))
             delta = np.broadcast_to(np.asarray(e["delta"], np.float64), (1, ds.sizes["sample"], ds.sizes["hidden"]))
             gamma = np.full((1, ds.sizes["sample"], cfg.get("n_heads", 1)), float(e.get("gamma", 1.0)))
             w = 1.0
         else:
-            raise ValueError(f"unknown edit op {op!r}; expected 'delete', 'scale' or 'inject'")
+            raise ValueError(f"unknown edit op {op!r}; expected 'delete', 'scale', 'inject' or 'assoc'")
         phi = features_np(key, cfg)
         A[l] = A[l] + w * _block_outer(phi, delta, cfg.get("n_heads", 1))
         if cfg.get("use_denom", True):

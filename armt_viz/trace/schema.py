@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVEL_RANK", "variables_for"]
+__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVEL_RANK", "OPTIONAL", "variables_for"]
 
 SCHEMA_VERSION = 1
 APPEND_DIMS = ("segment", "keyframe")
@@ -96,6 +96,10 @@ SCHEMA: dict[str, Var] = {
     "read_denominator": Var(("probe", "layer", "head"), "float32", "summary", "read denominator z.q+eps at the probe", "1", "probe"),
     "probe_prediction": Var(("probe",), "int32", "summary", "greedy next-token prediction at the probe", "1", "probe"),
 }
+
+
+# written only when they apply: the full gate when beta has more than one channel (per head or per hidden channel)
+OPTIONAL = ("write_gate_channel",)
 
 
 def variables_for(level: str, *, probes: bool) -> dict[str, Var]:

@@ -370,9 +370,17 @@ def _as_dataarray(x: Any, dims: tuple[str, ...], attrs: dict) -> xr.DataArray:
     return out
 
 
+ORIGIN_MAX_SEGMENTS = 20_000  # recalls later than this use the per-write view (the origin scan is O(segments))
+ORIGIN_NOTE = ("stale = what superseded versions' values still contribute after the delta rule erased along their "
+               "keys (origin view); the per-write view sums what each write added, so an overwritten value and its "
+               "erasure appear as large cancelling stale and current parts")
+
+
 def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_recalls: int = 12,
                        ledger: Any = None) -> tuple[pd.DataFrame | None, str | None]:
-    """Shares of each recall's read-out from current / stale / other writes (``attribute_read(by="status")``).
+    """Shares of each recall's read-out from the current version / superseded versions / other keys, in the origin
+    view (``attribute_read(by="origin")``, exact under the delta rule; ``ORIGIN_NOTE``), or the per-write view
+    (``by="status"``) for recalls after ``ORIGIN_MAX_SEGMENTS`` segments.
 
     At most ``max_recalls`` recalls, evenly spaced over the fact's life, are attributed: each costs a pass over
     all earlier writes. ``ledger`` is passed on to ``attribute_read`` (its prepared ``Facts`` saves a pass over
@@ -395,9 +403,18 @@ def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_rec
     rows = []
     for _, p in probes.iloc[pick].iterrows():
         try:
-            by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
+            if int(p["segment"]) <= ORIGIN_MAX_SEGMENTS:  # the origin view: exact under the delta rule
+                by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="origin", ledger=ledger)
+                by = by.groupby("status").sum()
+                # superseded versions' surviving values -> "stale"; other keys and no-fact origins -> "other"
+                names = {"current": "current", "superseded": "stale", "other": "other", "no-fact": "other"}
+            else:  # too long for an interactive forward/backward scan: the per-write view
+                by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
+                names = {"current": "current", "stale": "stale", "other": "other"}
             total = float(by.attrs.get("read_out_norm", float(by.sum())))
-            values = {str(k): float(v) for k, v in zip(by["status"].values, np.asarray(by.values))}
+            values = {}
+            for k, v in zip(by["status"].values, np.asarray(by.values)):
+                values[names[str(k)]] = values.get(names[str(k)], 0.0) + float(v)
         except Exception as exc:  # one broken recall must not take the view down
             log.warning("attribute_read failed for probe %s: %s", p["probe"], exc)
             continue
@@ -418,8 +435,8 @@ def attribution_inputs(ds: xr.Dataset, layer: int) -> tuple[xr.Dataset, Any]:
     Recorded probe arrays are stored in one chunk each, so attributing recalls one by one from the store would
     decompress them whole per recall; this reads them once.
     """
-    names = [n for n in ("write_key", "write_delta", "write_correction", "read_query", "read_out", "read_denominator")
-             if n in ds]
+    names = [n for n in ("write_key", "write_delta", "write_correction", "write_gate", "write_gate_channel",
+                         "read_query", "read_out", "read_denominator") if n in ds]
     names += [n for n in ds.data_vars if str(n).startswith("ledger_")]
     sub = ds[names].isel(layer=[layer]).load()
     facts = None
@@ -442,5 +459,6 @@ def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0) -> tuple[xr.D
         from armt_viz.analysis import stale_mass
     except ImportError:
         return None, "Stale mass needs armt_viz.analysis.stale_mass, which is not installed."
-    da = stale_mass(ds).isel(sample=sample, layer=layer).load()
+    # the surviving stale mass (origin view, exact under the delta rule); the dask graph is culled to this layer
+    da = stale_mass(ds, method="origin").isel(sample=sample, layer=layer).load()
     return da.assign_coords(segment=_segment_coord(ds)).rename("stale_mass"), None

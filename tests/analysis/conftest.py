@@ -83,6 +83,8 @@ def build_trace(config: ARMTConfig, keys, values, gates, probes=(), *, ledger=No
                                 g = 1.0
                         else:
                             vbar, g = A[h].T @ k, 1.0
+                        if not config.delta_rule:  # the control: u = beta v
+                            vbar = np.zeros(Dh)
                         u = gates[s, t, l, j] * (v - vbar)
                         vbar_all[h * Dh:(h + 1) * Dh] = vbar
                         delta[s, t, l, j, h * Dh:(h + 1) * Dh] = u

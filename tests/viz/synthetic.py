@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from armt_viz.trace.schema import SCHEMA, SCHEMA_VERSION, variables_for
+from armt_viz.trace.schema import OPTIONAL, SCHEMA, SCHEMA_VERSION, variables_for
 
 NU = 3  # DPFP order
 
@@ -134,7 +134,7 @@ def make_trace(*, n_segments: int = 48, n_layers: int = 2, n_mem: int = 4, key_d
     wanted = variables_for(level, probes=probes)
     variables, coords = {}, {}
     for name, spec in wanted.items():
-        if name in ("segment", "keyframe"):
+        if name in ("segment", "keyframe") or (name in OPTIONAL and name not in data):
             continue
         arr = np.asarray(data[name]).astype(_dtype(spec.dtype, storage_dtype))
         target = coords if name in ("segment_start", "keyframe_segment", "probe_sample", "probe_token",

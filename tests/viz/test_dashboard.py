@@ -219,7 +219,7 @@ def test_stale_mass_row_on_demand(app):
     st.show_stale_mass = True
     try:
         titles = [a.text for a in tl.pane.object.layout.annotations if (a.name or "").startswith("row_title")]
-        assert any(t.startswith("superseded fraction of the association matrix") for t in titles)
+        assert any(t.startswith("surviving superseded fraction of A") for t in titles)  # the origin view
     finally:
         st.show_stale_mass = False
 

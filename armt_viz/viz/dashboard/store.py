@@ -72,6 +72,11 @@ class TraceStore(Viewer):
         self._fact = pn.widgets.Select(label="Fact", options={"(no ledger)": NO_FACT}, sizing_mode="stretch_width")
         self._stale = pn.widgets.Checkbox.from_param(self.param.show_stale_mass,
                                                      label="Show stale mass on the timeline")
+        self._stale_help = pn.widgets.TooltipIcon(value=(
+            "Surviving stale mass (origin view): the part of the memory that superseded versions' values still "
+            "contribute after the delta rule erased along their keys, over |A|. The per-write view (the sum of "
+            "what superseded writes added) ignores that erasure and reports stale mass for a memory that holds "
+            "no trace of an old value. The fact lifecycle's stale shares use the origin view too."))
         self._export = pn.widgets.FileDownload(callback=self._export_selection, filename="selection.zarr.zip",
                                                label="Export selection (zarr, zipped)",
                                                sizing_mode="stretch_width")
@@ -237,7 +242,7 @@ class TraceStore(Viewer):
         return pn.Column(self._trace_select, self._sample,
                          pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
                          pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
-                         self._stale,
+                         pn.Row(self._stale, self._stale_help),
                          pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")
 
     def __panel__(self):

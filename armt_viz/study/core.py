@@ -1,0 +1,301 @@
+"""The stale-key study: plan the independent runs, run them (dask cluster or this process), summarise.
+
+Question: can an associative memory track mutable state without accumulating stale keys, and where does it
+fail? Per specimen (a model or checkpoint), the study runs the mutable-state stream with several key counts and
+seeds, as trained and with gamma / the delta rule switched off on the same weights, and measures:
+
+* recall accuracy vs updates per key, vs live keys, vs stream position (Wilson 95 % CIs; chance = a uniform
+  guess over the value set, from the ledger);
+* the surviving stale mass (origin view; the per-write view beside it), the asked fact's old-version residual
+  and crosstalk at the memory each query reads, over the same axes;
+* a log-linear fit of accuracy vs updates per key and the updates per key until it halves (bootstrap CI);
+* the causal test (`runs.causal_test`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import stats as st
+from .runs import stream_run
+
+__all__ = ["plan", "stale_keys_study", "summarise", "SMALL", "MEDIUM", "FULL"]
+
+log = logging.getLogger(__name__)
+
+# settings: key counts swept, tokens per run (the model's own key count gets `tokens_main`), seeds, causal horizon
+SMALL = dict(n_keys=(2,), tokens=1000, tokens_main=1000, seeds=(0,), horizon=48, variants=True)
+# a CPU-sized run long enough for the demo model's recall to degrade (5-13 min on 2 CPU cores)
+MEDIUM = dict(n_keys=(2,), tokens=4000, tokens_main=12000, seeds=(0,), horizon=256, variants=True)
+FULL = dict(n_keys=(2, 4, 64), tokens=200_000, tokens_main=1_000_000, seeds=(0, 1, 2), horizon=512, variants=True)
+VARIANTS = {"as trained": {}, "gamma off": {"correction": False}, "no delta rule": {"delta_rule": False}}
+
+
+def _own_keys(model_spec: str) -> int:
+    from ..evaluate import model_stream_config
+    from .runs import load_variant
+    return int(model_stream_config(load_variant(model_spec)).n_keys)
+
+
+def plan(specimens: dict[str, str], settings: dict) -> list[dict]:
+    """The independent runs: per specimen, the model's own key count as trained (long, with the causal test) and
+    with each flag switched, plus other key counts as trained (updates per key and live keys vary with them)."""
+    specs = []
+    for name, model in specimens.items():
+        own = _own_keys(model)
+        for seed in settings["seeds"]:
+            for variant, flags in VARIANTS.items():
+                if variant != "as trained" and not settings.get("variants", True):
+                    continue
+                specs.append(dict(specimen=name, model=model, variant=variant, flags=flags, n_keys=own, seed=seed,
+                                  tokens=settings["tokens_main"] if variant == "as trained" else settings["tokens"],
+                                  causal=variant == "as trained", horizon=settings["horizon"]))
+            for k in settings["n_keys"]:
+                if k != own:
+                    specs.append(dict(specimen=name, model=model, variant="as trained", flags={}, n_keys=int(k),
+                                      seed=seed, tokens=settings["tokens"], causal=False, horizon=0))
+    return specs
+
+
+def _run_all(specs: list[dict], scheduler: str | None, progress: bool) -> list[xr.Dataset]:
+    from tqdm.auto import tqdm
+
+    if scheduler:
+        from dask.distributed import Client, as_completed
+        with Client(scheduler) as client:
+            futures = client.map(stream_run, specs, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            out = [None] * len(specs)
+            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="study runs"):
+                out[index[fut.key]] = fut.result()
+            return out
+    return [stream_run(s) for s in tqdm(specs, disable=not progress, desc="study runs")]
+
+
+def _queries(results: list[xr.Dataset]) -> xr.Dataset:
+    """All queries of all runs along `row`, with run labels as coords."""
+    parts = []
+    for i, r in enumerate(results):
+        q = r[[v for v in r.data_vars if "query" in r[v].dims]]
+        n = q.sizes["query"]
+        q = q.rename({"query": "row"}).assign_coords(
+            run=("row", np.full(n, i)), specimen=("row", np.full(n, r.attrs["specimen"], dtype=object)),
+            variant=("row", np.full(n, r.attrs["variant"], dtype=object)),
+            n_keys=("row", np.full(n, int(r.attrs["n_keys_stream"]))),
+            seed=("row", np.full(n, int(r.attrs["seed"]))))
+        parts.append(q)
+    return xr.concat(parts, dim="row") if parts else xr.Dataset()
+
+
+def _curves(q: xr.Dataset, segment_size: int) -> xr.Dataset:
+    """Binned accuracy (+CI, chance) and metric means per (series, axis, bin)."""
+    rows = []
+    series = [(s, v) for s, v in dict.fromkeys(zip(q["specimen"].values, q["variant"].values))]
+    for spec, var in series:
+        sel = (q["specimen"].values == spec) & (q["variant"].values == var)
+        sub = q.isel(row=np.flatnonzero(sel))
+        axes = {
+            "updates per key": (sub["updates"].values, st.log_edges(max(1, int(sub["updates"].max())))),
+            "live keys": (sub["live"].values, st.log_edges(max(1, int(sub["live"].max())))),
+            "stream position (tokens)": (sub["token"].values.astype(float),
+                                         np.unique(np.round(np.geomspace(segment_size, max(segment_size * 2, float(sub["token"].max()) + 1), 14)))),
+        }
+        for axis, (x, edges) in axes.items():
+            b = st.binned(x, sub["correct"].values, edges, extra={
+                "chance": sub["chance_correct"].values, "stale_rate": sub["stale_answer"].values.astype(float),
+                "chance_stale": sub["chance_stale"].values, "stale_mass_origin": sub["stale_mass_origin"].values,
+                "stale_mass_write": sub["stale_mass_write"].values, "residual": sub["residual"].values,
+                "crosstalk": sub["crosstalk"].values})
+            for i in range(len(b["acc"])):
+                if b["n"][i] == 0:
+                    continue
+                rows.append(dict(curve_specimen=spec, curve_variant=var, curve_axis=axis,
+                                 **{f"curve_{k}": float(v[i]) for k, v in b.items()}))
+    if not rows:
+        return xr.Dataset()
+    cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    return xr.Dataset({k: ("curve", v.astype(object) if v.dtype.kind in "UO" else v) for k, v in cols.items()})
+
+
+def summarise(results: list[xr.Dataset], *, command: str = "") -> xr.Dataset:
+    """Every number of the study in one Dataset: queries (dim row), curves (dim curve), per-segment stale mass
+    (dim seg_row), fits (dim series), causal arms (dim causal_row) and the findings table (dim finding)."""
+    q = _queries(results)
+    S = int(results[0].attrs["segment_size"])
+    curves = _curves(q, S)
+    # fits per series over all its queries with updates >= 1
+    fit_rows = []
+    for spec, var in dict.fromkeys(zip(q["specimen"].values, q["variant"].values)):
+        sel = (q["specimen"].values == spec) & (q["variant"].values == var) & (q["updates"].values >= 1)
+        u, y = q["updates"].values[sel], q["correct"].values[sel]
+        a, b = st.loglinear_fit(u, y)
+        half = st.halving_point(a, b)
+        lo, hi = st.halving_ci(u, y) if np.isfinite(a) else (np.nan, np.nan)
+        fit_rows.append((spec, var, a, b, half, lo, hi, len(u)))
+    fits = xr.Dataset({
+        "fit_specimen": ("series", np.array([r[0] for r in fit_rows], dtype=object)),
+        "fit_variant": ("series", np.array([r[1] for r in fit_rows], dtype=object)),
+        "fit_a": ("series", np.array([r[2] for r in fit_rows])), "fit_b": ("series", np.array([r[3] for r in fit_rows])),
+        "halving_updates": ("series", np.array([r[4] for r in fit_rows])),
+        "halving_lo": ("series", np.array([r[5] for r in fit_rows])),
+        "halving_hi": ("series", np.array([r[6] for r in fit_rows])),
+        "fit_n": ("series", np.array([r[7] for r in fit_rows])),
+    })
+    seg_rows = []
+    for i, r in enumerate(results):
+        n = r.sizes["seg"]
+        seg_rows.append(xr.Dataset({
+            "seg_run": ("seg_row", np.full(n, i)), "seg_index": ("seg_row", r["seg"].values),
+            "seg_specimen": ("seg_row", np.full(n, r.attrs["specimen"], dtype=object)),
+            "seg_variant": ("seg_row", np.full(n, r.attrs["variant"], dtype=object)),
+            "seg_stale_origin": ("seg_row", np.nanmean(r["seg_stale_origin"].values, axis=1)),
+            "seg_stale_write": ("seg_row", np.nanmean(r["seg_stale_write"].values, axis=1))}))
+    segs = xr.concat(seg_rows, dim="seg_row")
+    causal_rows = []
+    for i, r in enumerate(results):
+        if "causal_acc" not in r:
+            continue
+        for j, arm in enumerate(r["arm"].values):
+            causal_rows.append(dict(causal_run=i, causal_specimen=r.attrs["specimen"], causal_arm=str(arm),
+                                    causal_acc=float(r["causal_acc"].values[j]), causal_lo=float(r["causal_lo"].values[j]),
+                                    causal_hi=float(r["causal_hi"].values[j]), causal_n=int(r["causal_n"].values[j]),
+                                    causal_segment=int(r.attrs["causal_segment"]),
+                                    causal_degraded=int(r.attrs["causal_degraded"])))
+    causal = xr.Dataset({k: ("causal_row", np.array([c[k] for c in causal_rows], dtype=object if isinstance(causal_rows[0][k], str) else None))
+                         for k in (causal_rows[0] if causal_rows else {})})
+    out = xr.merge([q, curves, fits, segs, causal], compat="override", join="outer")
+    for r in results:  # the report's one-read figure, so a report can be rebuilt from study.zarr alone
+        if "example_write_share" in r:
+            out = out.merge(r[[v for v in r.data_vars if v.startswith("example_")]])
+            out.attrs.update({k: r.attrs[k] for k in ("example_norm", "example_probe", "analysis_layer")})
+            break
+    findings = _findings(out, command)
+    out = out.merge(findings)
+    out.attrs.update(segment_size=S, command=command, n_runs=len(results), created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return out
+
+
+def _acc(sub: xr.Dataset, lo: float, hi: float):
+    sel = (sub["updates"].values >= lo) & (sub["updates"].values < hi)
+    k, n = int(sub["correct"].values[sel].sum()), int(sel.sum())
+    l_, h_ = st.wilson(k, n)
+    return (k / n if n else np.nan), float(l_), float(h_), n
+
+
+def _findings(d: xr.Dataset, command: str) -> xr.Dataset:
+    """The findings table: (claim, value, CI low, CI high, n, command) rows."""
+    rows = []
+
+    def add(claim, value, lo=np.nan, hi=np.nan, n=0):
+        rows.append((claim, float(value), float(lo), float(hi), int(n)))
+
+    for spec in dict.fromkeys(d["specimen"].values):
+        base = d.isel(row=np.flatnonzero((d["specimen"].values == spec) & (d["variant"].values == "as trained")))
+        top = int(base["updates"].max())
+        cut = max(4, int(2 ** np.floor(np.log2(max(top, 1)) - 1)))
+        a1 = _acc(base, 1, 4)
+        a2 = _acc(base, cut, np.inf)
+        add(f"{spec}: recall accuracy at 1-3 updates per key (chance {float(base['chance_correct'].mean()):.3f})",
+            a1[0], a1[1], a1[2], a1[3])
+        add(f"{spec}: recall accuracy at >= {cut} updates per key", a2[0], a2[1], a2[2], a2[3])
+        k = int(base["stale_answer"].sum())
+        n = base.sizes["row"]
+        lo, hi = st.wilson(k, n)
+        add(f"{spec}: stale answers (an older value of the key; chance {float(base['chance_stale'].mean()):.3f})",
+            k / max(n, 1), lo, hi, n)
+        fi = np.flatnonzero((d["fit_specimen"].values == spec) & (d["fit_variant"].values == "as trained"))
+        if len(fi):
+            i = fi[0]
+            add(f"{spec}: updates per key until accuracy halves (log-linear fit; PI-LLM's 3->400 shape: "
+                f"{st.pi_llm_halving():.0f})", d["halving_updates"].values[i], d["halving_lo"].values[i],
+                d["halving_hi"].values[i], d["fit_n"].values[i])
+        add(f"{spec}: surviving stale mass at queries, origin view (mean)", np.nanmean(base["stale_mass_origin"]),
+            n=n)
+        add(f"{spec}: stale mass at queries, per-write view (mean; ignores erasure)", np.nanmean(base["stale_mass_write"]),
+            n=n)
+        add(f"{spec}: old-version residual of the asked fact (mean)", np.nanmean(base["residual"]), n=n)
+        add(f"{spec}: crosstalk from other keys at the asked fact's keys (mean)", np.nanmean(base["crosstalk"]), n=n)
+        for var in ("gamma off", "no delta rule"):
+            sub = d.isel(row=np.flatnonzero((d["specimen"].values == spec) & (d["variant"].values == var)))
+            if sub.sizes["row"]:
+                k, n = int(sub["correct"].sum()), sub.sizes["row"]
+                lo, hi = st.wilson(k, n)
+                add(f"{spec}: recall accuracy with {var} (same weights)", k / n, lo, hi, n)
+                add(f"{spec}: surviving stale mass with {var} (mean)", np.nanmean(sub["stale_mass_origin"]), n=n)
+        if "causal_arm" in d:
+            ci = np.flatnonzero(d["causal_specimen"].values.astype(str) == spec)
+            for arm in ("none", "stale removed", "random removed"):
+                j = [i for i in ci if d["causal_arm"].values[i] == arm]
+                if not j:
+                    continue
+                n = np.sum([d["causal_n"].values[i] for i in j]).astype(int)
+                k = np.sum([d["causal_acc"].values[i] * d["causal_n"].values[i] for i in j])
+                lo, hi = st.wilson(k, n)
+                add(f"{spec}: causal test, recall after the degraded segment, {arm}", k / max(n, 1), lo, hi, n)
+    return xr.Dataset({
+        "finding_claim": ("finding", np.array([r[0] for r in rows], dtype=object)),
+        "finding_value": ("finding", np.array([r[1] for r in rows])),
+        "finding_lo": ("finding", np.array([r[2] for r in rows])),
+        "finding_hi": ("finding", np.array([r[3] for r in rows])),
+        "finding_n": ("finding", np.array([r[4] for r in rows])),
+        "finding_command": ("finding", np.array([command] * len(rows), dtype=object)),
+    })
+
+
+def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/study", *, small: bool = False,
+                     medium: bool = False, scheduler: str | None = None, specimens: dict[str, str] | None = None,
+                     settings: dict | None = None, progress: bool = True, png: bool = True) -> xr.Dataset:
+    """Run the stale-key study and write DIR/study.zarr, DIR/report.html (offline) and DIR/figures/*.png.
+
+    Args:
+        model: a model spec ('demo' or a save_pretrained folder) or a list of them (each is a specimen).
+        specimens: {name: model spec} instead of `model` (e.g. the trained family).
+        small: the CI-sized settings (`SMALL`, minutes on 2 CPU cores); medium: `MEDIUM` (a 12k-token stream,
+            long enough for the demo model to degrade; ~13 min); else `FULL` (up to 1M tokens per stream).
+        settings: override entries of SMALL/FULL.
+        scheduler: a dask scheduler address: runs are mapped onto that cluster; None runs them here.
+    Returns the summary Dataset (also in study.zarr).
+    """
+    from .report import write_report
+
+    if specimens is None:
+        models = [model] if isinstance(model, str) else list(model)
+        # "name=path" names a specimen (e.g. baseline=runs/train/stream); a bare spec is its own name
+        specimens = dict(m.split("=", 1) if "=" in m else (m, m) for m in models)
+    if not specimens:
+        raise ValueError("stale_keys_study needs at least one model; pass model='demo' or a checkpoint folder")
+    if small and medium:
+        raise ValueError("pass small=True or medium=True, not both")
+    cfg = dict(SMALL if small else MEDIUM if medium else FULL)
+    cfg.update(settings or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "armt-viz study stale-keys " + " ".join(f"--model {m}" for m in specimens.values()) + \
+        f" --out {out}" + (" --small" if small else " --medium" if medium else "")
+    specs = plan(specimens, cfg)
+    log.info("stale-key study: %d runs", len(specs))
+    t0 = time.time()
+    results = _run_all(specs, scheduler, progress)
+    summary = summarise(results, command=command)
+    summary.attrs["seconds"] = round(time.time() - t0, 1)
+    summary.attrs["settings"] = repr(cfg)
+    _to_zarr(summary, out / "study.zarr")
+    write_report(summary, out, results=results, png=png)
+    return summary
+
+
+def _to_zarr(ds: xr.Dataset, path: Path) -> None:
+    enc = ds.copy()
+    for name, v in list(enc.variables.items()):
+        if v.dtype == object:
+            enc[name] = v.astype(str)
+    enc.attrs = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in enc.attrs.items()}
+    import warnings
+    with warnings.catch_warnings():  # fixed-length strings have no zarr v3 spec yet; xarray reads them back
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        enc.to_zarr(path, mode="w", consolidated=False)
