@@ -52,6 +52,7 @@ class GraphedStepper:
         self.A = [a.expand(batch_size, *a.shape[1:]).clone() for a in z.assoc]
         self.Z = [n.expand(batch_size, *n.shape[1:]).clone() for n in z.normalizer]
         self.graphs, self.outs, self.extras, self.packed, self.layouts = {}, {}, {}, {}, {}
+        self.fresh, self.segments, self.last_first = True, 0, True  # the buffers hold the empty memory
         for first in capture:
             self._capture(first)
 
@@ -93,32 +94,49 @@ class GraphedStepper:
         self.extras[first] = {k: flat[a:b].view(shape) for k, shape, a, b in layout}  # views of the packed buffer
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, segments_done: int) -> SegmentOutput:
-        first = segments_done == 0
-        if first:  # a fresh memory (the buffers may hold the end of an earlier stream)
-            for t in self.A + self.Z:
-                t.zero_()
+    def reset(self) -> None:
+        """Start a fresh memory: the next `step` runs the first-segment graph (no read, v-bar 0, gamma 1)."""
+        for t in self.A + self.Z:
+            t.zero_()
+        self.fresh, self.segments = True, 0
+
+    @torch.no_grad()
+    def load_state(self, state: MemoryState) -> None:
+        """Continue from `state`: its memory goes into the buffers, and the next `step` is its segment
+        `state.segments` (the first-segment graph only when `state` is the empty memory, segments == 0)."""
+        for a, src in zip(self.A, state.assoc):
+            a.copy_(src.expand_as(a))
+        for z, src in zip(self.Z, state.normalizer):
+            z.copy_(src.expand_as(z))
+        self.fresh, self.segments = state.first, state.segments
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, segment: int | None = None) -> SegmentOutput:
+        """One full segment from the memory in the buffers (after `reset` or `load_state`, or the previous step).
+
+        Whether it is a first segment follows the memory the buffers hold, never `segment`: a stream that
+        continues a restored memory (replay, record(initial_state=...)) numbers its segments from anything.
+        segment: the index reported in the output (default: the memory's segment count)."""
+        first = self.fresh
         self.ids.copy_(ids, non_blocking=True)
         if self.emulate:
             self._keep(first, None, *self._run(first))
         else:
             self.graphs[first].replay()
-        state = MemoryState(tuple(self.A), tuple(self.Z), segments_done + 1)
-        return SegmentOutput(self.outs[first].logits, state, segments_done, ids)
+        self.fresh = False
+        self.segments += 1
+        seg = self.segments - 1 if segment is None else segment
+        state = MemoryState(tuple(self.A), tuple(self.Z), self.segments)
+        self.last_first = first
+        return SegmentOutput(self.outs[first].logits, state, seg, ids)
 
-    def last_extra(self, segments_done: int) -> dict:
+    def last_extra(self) -> dict:
         """The `extra` tensors of the latest replay (views of static buffers: copy before the next step)."""
-        return self.extras[segments_done == 0]
+        return self.extras[self.last_first]
 
-    def last_packed(self, segments_done: int) -> torch.Tensor | None:
+    def last_packed(self) -> torch.Tensor | None:
         """All `extra` tensors of the latest replay as one flat float32 buffer (static: copy before the next step)."""
-        return self.packed[segments_done == 0]
-
-    def load_state(self, state: MemoryState):
-        for a, src in zip(self.A, state.assoc):
-            a.copy_(src.expand_as(a))
-        for z, src in zip(self.Z, state.normalizer):
-            z.copy_(src.expand_as(z))
+        return self.packed[self.last_first]
 
 
 def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, tuple, int, int]]]:
@@ -159,6 +177,7 @@ def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper=None, *, compile_me
         yield from _lean_stream(model, ids, stepper or LeanStep(model))
         return
     stepper = stepper or GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
+    stepper.reset()  # each call starts from a fresh memory (the buffers may hold an earlier stream's end)
     S = model.config.segment_size
     n_full = ids.shape[1] // S
     state = None

@@ -69,16 +69,16 @@ def run_graphed(rec, chunks, state: MemoryState | None, seg_index: int, bar, kf_
                 if stepper is None:
                     stepper = _make_stepper(model, block.shape[0], caps, extra, compile_memory=rec.fast == "compile",
                                             emulate=not cuda)
-                    if state is not None:
+                    if state is not None:  # a restored memory (resume, replay, initial_state)
                         stepper.load_state(state)
                     layout = _layout(stepper)
                     P = layout[-1][3]
                     ring = torch.empty((rc.chunk_segments, P), dtype=torch.float32, device=dev)
                     pinned = [torch.empty((rc.chunk_segments, P), dtype=torch.float32, pin_memory=cuda) for _ in range(2)]
                 stepper.step(block_dev[:, j * S:(j + 1) * S], seg_index)
-                ring[len(host_tokens)].copy_(stepper.last_packed(seg_index))
+                ring[len(host_tokens)].copy_(stepper.last_packed())
                 host_tokens.append(block_np[:, j * S:(j + 1) * S])
-                state = MemoryState(tuple(stepper.A), tuple(stepper.Z), seg_index + 1)
+                state = MemoryState(tuple(stepper.A), tuple(stepper.Z), stepper.segments)
                 if (seg_index + 1) % rc.keyframe_every == 0:
                     kf_rows.append(rec._keyframe_row(state, seg_index))
                 seg_index += 1

@@ -67,3 +67,57 @@ def test_a_reused_stepper_starts_each_stream_from_a_fresh_memory(model):
 def test_the_fast_path_refuses_a_cpu_model_unless_emulated(model):
     with pytest.raises(ValueError, match="needs the model on a CUDA device"):
         GraphedStepper(model, 1)
+
+
+def _graph_path(monkeypatch):
+    """Route `record` through the graph path with emulated graphs (the lean step off, so the eager tail is the
+    HF step, as with fast=False)."""
+    monkeypatch.setattr(recorder, "graph_record_eligible", lambda m, rec: rec.rank <= 1 and not rec.probes)
+    monkeypatch.setattr(recorder, "lean_eligible", lambda m: "the partial tail runs the HF step, as fast=False does")
+
+
+@pytest.mark.parametrize("how", ["initial_state", "replay"])
+def test_the_graph_recorder_keeps_a_restored_memory(model, monkeypatch, how):
+    """Bug (issue 14.1): a new store numbers its segments from 0 and the graph stepper took segment 0 for a fresh
+    memory, zeroing the buffers `load_state` had just filled: every replay on a GPU started from empty memory."""
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, 8 * S))
+    kw = dict(level="writes", keyframe_every=2, chunk_segments=3, progress=False)
+    original = av.record(model, ids, fast=False, **kw)
+    if how == "replay":
+        eager = av.replay(model, original, 5, fast=False, keyframe_every=2, chunk_segments=3)
+        _graph_path(monkeypatch)
+        graphed = av.replay(model, original, 5, keyframe_every=2, chunk_segments=3)
+        ref = original.isel(segment=slice(5, None))
+    else:
+        with torch.no_grad():
+            outs = list(model.stream([ids[:, :4 * S]]))
+        state = outs[-1].state
+        eager = av.record(model, ids[:, 4 * S:], fast=False, initial_state=state, **kw)
+        _graph_path(monkeypatch)
+        graphed = av.record(model, ids[:, 4 * S:], initial_state=state, **kw)
+        ref = original.isel(segment=slice(4, None))
+    # the restored memory is read at the first replayed segment (0 if it had been thrown away)
+    assert float(graphed["read_out_norm_mean"].isel(segment=0).min()) > 0
+    for k in ("read_out_norm_mean", "assoc_norm", "segment_loss", "write_delta"):
+        np.testing.assert_allclose(graphed[k].values, ref[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(graphed[k].values, eager[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_stepper_loaded_with_a_state_continues_it(model):
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (1, 6 * S))
+    with torch.no_grad():
+        ref = [o.logits.clone() for o in model.stream([ids])]
+        st = GraphedStepper(model, 1, emulate=True)
+        st.load_state(model.init_state(1))  # an empty memory: the first-segment graph
+        assert st.fresh
+        out = st.step(ids[:, :S])
+        torch.testing.assert_close(out.logits, ref[0], rtol=1e-6, atol=1e-6)
+        mid = list(model.stream([ids[:, :3 * S]]))[-1].state
+        st.load_state(mid)
+        assert not st.fresh and st.segments == 3
+        for i in range(3, 6):
+            out = st.step(ids[:, i * S:(i + 1) * S], 0)  # the reported index does not decide the first segment
+            torch.testing.assert_close(out.logits, ref[i], rtol=1e-5, atol=1e-6)
+        assert out.state.segments == 6
