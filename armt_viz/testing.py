@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model", "free_port"]
+__all__ = ["tiny_model", "free_port", "stable_seed"]
 
 
 def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
@@ -42,3 +42,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stable_seed(*parts, modulo: int = 2**31 - 1) -> int:
+    """A seed derived from `parts` (their str()) that is the same in every process: CRC-32, not `hash()`, whose
+    value for a string changes per process (PYTHONHASHSEED), so a failure seeded by it cannot be reproduced."""
+    import zlib
+
+    return zlib.crc32("\x1f".join(map(str, parts)).encode()) % modulo
