@@ -365,7 +365,7 @@ class ARMTModel(nn.Module):
         state = self._sync_device(state, input_ids.device)
         seg = state.segments if segment is None else segment
         if self._slot.lean is not None and attention_mask is None and write and not torch.is_grad_enabled() \
-                and not torch.is_autocast_enabled("cpu"):
+                and not self.training and not torch.is_autocast_enabled("cpu"):
             return self._slot.lean(input_ids, state, seg)
         x = self._embed_segment(input_ids)
         # Always pass an explicit mask (the official wrapper does too): with mask=None, transformers 5

@@ -138,6 +138,9 @@ class LeanStep:
     @staticmethod
     def why_not(model: ARMTModel) -> str | None:
         cfg = model.config
+        if model.training:
+            return ("the lean step is inference-only (no dropout), but the model is in training mode; call "
+                    "model.eval() first")
         if model.adapter.family != "gpt2":
             return f"the lean CPU step implements the GPT-2 backbone, this model's is {model.adapter.family!r}"
         if model.memory.device.type != "cpu":
