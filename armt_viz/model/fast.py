@@ -56,6 +56,38 @@ class GraphedStepper:
         for first in capture:
             self._capture(first)
 
+    @staticmethod
+    def why_not(model: ARMTModel, state: MemoryState | None = None, ids: torch.Tensor | None = None) -> str | None:
+        """None if a GraphedStepper can run `model` (and, when given, segment `ids` now), else why not.
+        Only full segments replay the graph; a partial tail is left to the HF step."""
+        if model.config.wrap_pos:
+            return "wrap_pos=True (the graph step passes no position ids; use model.stream)"
+        if model.training:
+            return "the model is in training mode (dropout would be captured); call model.eval() first"
+        if ids is not None:
+            if ids.shape[1] != model.config.segment_size:
+                return f"a partial segment ({ids.shape[1]} of {model.config.segment_size} tokens) has no graph"
+            if torch.is_grad_enabled():
+                return "autograd is on, and the graph step computes no gradients"
+        return None
+
+    def __call__(self, ids: torch.Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
+        """The SegmentStep contract: one full segment from `state` (None: an empty memory). A state this stepper
+        returned last continues in place; any other is copied into the buffers first."""
+        if ids.shape[0] != self.B:
+            raise ValueError(f"this GraphedStepper was captured for batch {self.B}, got a segment of batch "
+                             f"{ids.shape[0]}; build one per batch size")
+        if state is None:
+            self.reset()
+        elif not self.holds(state):
+            self.load_state(state)
+        return self.step(ids, segment)
+
+    def holds(self, state: MemoryState) -> bool:
+        """Whether `state` is the memory in this stepper's buffers (the state its last step returned)."""
+        return state.segments == self.segments and all(
+            a.data_ptr() == b.data_ptr() for a, b in zip(state.assoc + state.normalizer, self.A + self.Z))
+
     def _run(self, first: bool):
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
         with self.model.hooks(self.hooks.get(first, [])), self.model.memory_kernels(self.kernels):
@@ -128,7 +160,7 @@ class GraphedStepper:
         seg = self.segments - 1 if segment is None else segment
         state = MemoryState(tuple(self.A), tuple(self.Z), self.segments)
         self.last_first = first
-        return SegmentOutput(self.outs[first].logits, state, seg, ids)
+        return SegmentOutput(self.outs[first].logits, state, seg, ids, self.packed[first], self.layouts[first])
 
     def last_extra(self) -> dict:
         """The `extra` tensors of the latest replay (views of static buffers: copy before the next step)."""
@@ -148,16 +180,6 @@ def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, 
     return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
 
 
-def _lean_stream(model: ARMTModel, ids: torch.Tensor, lean):
-    ids = model._check_ids(ids)
-    S = model.config.segment_size
-    state = model.init_state(ids.shape[0])
-    for i, start in enumerate(range(0, ids.shape[1], S)):
-        out = lean(ids[:, start:start + S], state, i)
-        state = out.state
-        yield out
-
-
 @functools.cache
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """One warm-up stream per device for every capture. cuBLAS keeps a workspace (32 MiB on an H100) for each
@@ -165,25 +187,17 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device=device)
 
 
-@torch.no_grad()
 def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper=None, *, compile_memory: bool = False):
-    """Like `model.stream([ids])`, fast. On CUDA full segments replay a CUDA graph and the yielded
-    SegmentOutputs' logits/state are views of static buffers, valid until the next segment (copy what
-    you keep); a GraphedStepper can be reused across calls (each call starts from a fresh memory) and
-    `compile_memory` applies when none is given. On the CPU every segment runs the lean step
-    (`lean.LeanStep`, which can also be passed as `stepper`); outputs are ordinary tensors."""
-    if model.memory.device.type == "cpu" and not isinstance(stepper, GraphedStepper):
-        from .lean import LeanStep
-        yield from _lean_stream(model, ids, stepper or LeanStep(model))
-        return
-    stepper = stepper or GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
-    stepper.reset()  # each call starts from a fresh memory (the buffers may hold an earlier stream's end)
-    S = model.config.segment_size
-    n_full = ids.shape[1] // S
-    state = None
-    for i in range(n_full):
-        out = stepper.step(ids[:, i * S:(i + 1) * S], i)
-        state = out.state
-        yield out
-    if ids.shape[1] % S:
-        yield model.step(ids[:, n_full * S:], state, segment=n_full)
+    """Like `model.stream([ids])`, fast: the same loop (`ARMTModel.run_segments`) with the fastest step for the
+    device. On CUDA full segments replay a CUDA graph and the yielded SegmentOutputs' logits/state are views of
+    static buffers, valid until the next segment (copy what you keep); a GraphedStepper can be reused across
+    calls (each call starts from a fresh memory) and `compile_memory` applies when none is given. On the CPU
+    every segment runs the lean step (`lean.LeanStep`, which can also be passed as `stepper`); outputs are
+    ordinary tensors."""
+    if stepper is None:
+        if model.memory.device.type == "cpu":
+            from .lean import LeanStep
+            stepper = LeanStep(model)
+        else:
+            stepper = GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
+    return model.stream([ids], None, step=stepper)

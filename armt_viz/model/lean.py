@@ -136,8 +136,14 @@ class LeanStep:
         self._pos_cache: dict[int, Tensor] = {}
 
     @staticmethod
-    def why_not(model: ARMTModel) -> str | None:
+    def why_not(model: ARMTModel, state: MemoryState | None = None, ids: Tensor | None = None) -> str | None:
+        """None if the lean step can run `model` (and, when given, segment `ids` from `state` now), else why not."""
         cfg = model.config
+        if ids is not None:
+            if torch.is_grad_enabled():
+                return "autograd is on, and the lean step computes no gradients"
+            if torch.is_autocast_enabled("cpu"):
+                return "CPU autocast is on, and the lean step runs float32 only"
         if model.training:
             return ("the lean step is inference-only (no dropout), but the model is in training mode; call "
                     "model.eval() first")
@@ -235,8 +241,10 @@ class LeanStep:
     def _act(self, y: Tensor) -> Tensor:
         return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[self.act](y)
 
-    def __call__(self, input_ids: Tensor, state: MemoryState, segment: int) -> SegmentOutput:
+    def __call__(self, input_ids: Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
         D = self.model.d_model
+        if state is None:
+            state = self.model.init_state(input_ids.shape[0], input_ids.device)
         # inference mode drops autograd's per-op bookkeeping (~6 % of this step) in the blocks; the logits and
         # the new memory are computed after it, so they are ordinary tensors (hooked tensors of the blocks are
         # inference tensors)
