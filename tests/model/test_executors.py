@@ -206,3 +206,18 @@ def test_the_restored_memory_is_not_empty():
         a = m.step(ids[:, :16], st).logits
         b = m.step(ids[:, :16], m.init_state()).logits
     assert float((a - b).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("alignment, lengths", [
+    ("left", [16, 16, 16, 16, 5]),  # the remainder last
+    ("right", [5, 16, 16, 16, 16]),  # the remainder first
+    ("center", [14, 14, 14, 14, 13]),  # torch.chunk into ceil(69/16) = 5 pieces of ceil(69/5) = 14
+])
+def test_the_official_split_cuts_segments_where_the_spec_says(alignment, lengths):
+    """The split every executor of the grid shares (model._split), against its hand-derived answer
+    (ARMT_SPEC §1.3): the executors cannot disagree about it, so it is pinned here."""
+    m = tiny_model(segment_alignment=alignment)
+    ids = torch.arange(69).remainder(m.vocab_size).unsqueeze(0)
+    segs = m._split(ids, None)
+    assert [s.shape[1] for s, _ in segs] == lengths
+    assert torch.equal(torch.cat([s for s, _ in segs], 1), ids)  # in order, nothing lost or repeated
