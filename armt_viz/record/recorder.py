@@ -29,11 +29,11 @@ from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
 from ..model.steps import pick_step
 from ..trace.io import open_trace
-from ..trace.schema import variables_for
+from ..trace.schema import LEVEL_RANK, variables_for
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import GraphRows, graph_record_why_not
 from .flusher import BackgroundFlusher
-from .stats import SUMMARY_STATS, Capture, segment_statistics, singular_values, to_host
+from .stats import Capture, segment_statistics, singular_values, to_host
 
 __all__ = ["record", "RecordInput", "auto_keyframe_every"]
 
@@ -210,7 +210,7 @@ class _Recording:
                  check_finite: bool = True):
         self.model, self.rc, self.inp, self.path = model, rc, inp, path
         self.progress, self.initial_state, self.check_finite = progress, initial_state, check_finite
-        self.rank = {"summary": 0, "writes": 1, "full": 2}[rc.level]
+        self.rank = LEVEL_RANK[rc.level]
         self.S = model.config.segment_size
         self.M = model.config.num_mem_tokens
         self.H = model.config.n_heads

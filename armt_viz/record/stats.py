@@ -16,9 +16,7 @@ from ..model.fast import pack
 
 __all__ = ["segment_statistics", "SUMMARY_STATS", "Capture", "pack", "unpack", "to_host", "singular_values"]
 
-SUMMARY_STATS = ("assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max",
-                 "read_denominator_mean", "write_gate_mean", "correction_mean", "correction_min",
-                 "prev_value_norm_mean", "write_delta_norm")
+from ..trace.schema import SUMMARY_STATS  # noqa: E402  (re-exported: the statistics are the schema's)
 
 
 @dataclass

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVEL_RANK", "variables_for"]
+__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVELS", "LEVEL_RANK", "SUMMARY_STATS", "variables_for"]
 
 SCHEMA_VERSION = 1
 APPEND_DIMS = ("segment", "keyframe")
-LEVEL_RANK = {"summary": 0, "writes": 1, "full": 2}
+LEVELS = ("summary", "writes", "full")  # cheapest first
+LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,11 @@ SCHEMA: dict[str, Var] = {
     "read_denominator": Var(("probe", "layer", "head"), "float32", "summary", "read denominator z.q+eps at the probe", "1", "probe"),
     "probe_prediction": Var(("probe",), "int32", "summary", "greedy next-token prediction at the probe", "1", "probe"),
 }
+
+
+# the per (sample, segment, layer) scalars of every level, in table order (the recorder's per-segment statistics,
+# the dashboard's scalar series)
+SUMMARY_STATS = tuple(k for k, v in SCHEMA.items() if v.dims == _S)
 
 
 def variables_for(level: str, *, probes: bool) -> dict[str, Var]:
