@@ -3,7 +3,7 @@
 #   make demo    record the shipped model on a long stream and serve the dashboard on http://127.0.0.1:5006
 #   make test    run the whole test suite (unit, notebook and browser tests) on 2 workers
 #   make test-gpu  run the GPU tests (tests/gpu) on a CUDA machine; needs only an existing venv (no network)
-#   make bench   run the benchmarks (bench/run_all.py)
+#   make bench   run the benchmarks, quick (bench/run_all.py; --full for the long inputs)
 #   make clean   remove build outputs and caches (keeps .venv and runs/); `make distclean` also removes .venv
 
 SHELL := /bin/bash
@@ -73,12 +73,7 @@ demo: setup
 	$(VENV)/bin/armt-viz demo
 
 bench: setup
-	@if [ -f bench/run_all.py ]; then \
-	    echo "+ $(PY) -m bench.run_all"; \
-	    $(PY) -m bench.run_all; \
-	else \
-	    echo "bench/run_all.py not found; nothing to run"; \
-	fi
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis test-artifacts *.egg-info

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES"]
+__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference"]
 
 
 def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
@@ -91,3 +91,12 @@ def assert_close(name: str, ref, got, tol="fp32_reorder") -> float:
         raise AssertionError(f"{name}: max |got - ref| = {worst:.3g} at {where} exceeds tolerance {tol!r} "
                              f"({rel:g} x max|ref| {scale:.3g} + {floor:g})")
     return worst / scale if scale else worst
+
+
+def official_order_reference(model):
+    """The official implementation's execution order over `model`'s weights (armt_viz/model/official_order.py):
+    `official_order_reference(model)(ids)` gives the logits [batch, seq, vocab]; it leaves `model` untouched.
+    The benchmarks' baseline, and a test oracle for the segment loop."""
+    from .model.official_order import OfficialOrderARMT
+
+    return OfficialOrderARMT(model)

@@ -17,8 +17,8 @@ import torch
 
 import armt_viz as av
 from armt_viz.model.fast import GraphedStepper, fast_stream
-from bench.bench_forward import CONFIGS, build
-from bench.official_order import OfficialOrderARMT
+from bench._common import CONFIGS, build
+from armt_viz.testing import official_order_reference
 
 
 def store_bytes(store: Path) -> int:
@@ -43,7 +43,7 @@ def main():
     for dtype in a.dtypes:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
         with amp:
-            ref = OfficialOrderARMT(m)
+            ref = official_order_reference(m)
             x = ids[:, :a.tokens].cuda()
             with torch.no_grad():
                 ref(x[:, :4 * c["S"]]); torch.cuda.synchronize()

@@ -1,6 +1,6 @@
 """The recorder's CUDA-graph path (record/fast_record.py), run here with emulated graphs so CI covers its buffer
 logic without a GPU: packed statistics, the device ring, chunk hand-over to the writer, keyframe snapshots, the
-eager tail. On a GPU the same comparison runs in `bench/gpu_record_check.py` (worst difference 0.0)."""
+eager tail. On a GPU the same comparisons run in tests/gpu (`make test-gpu`)."""
 
 import numpy as np
 import pytest
