@@ -71,13 +71,15 @@ def _graph_why_not(model: ARMTModel, device: torch.device) -> str | None:
 
 
 def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1,
-              build: bool = True, **graph_kw) -> StepChoice:
+              graph: bool = True, build: bool = True, **graph_kw) -> StepChoice:
     """The segment step to run `model` with, and why.
 
     device: where the segments run (default: the model's device). grad: autograd through the steps (training,
     gradients): only the HF step supports it. fast=False: the HF step. batch: samples per segment (a CUDA graph
     is captured for one batch size). graph_kw go to `GraphedStepper` (extra, hooks, compile_memory, emulate).
-    build=False returns the choice with `step=None` (no weights packed, no graph captured): for explaining.
+    graph=False leaves the CUDA graph out: for callers that observe every segment through hooks (a captured graph
+    fires them only while it is captured). build=False returns the choice with `step=None` (no weights packed,
+    no graph captured): for explaining.
 
     Order: the CUDA-graph step on CUDA, the lean step on the CPU, else the HF step.
     """
@@ -90,7 +92,10 @@ def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool =
     if not fast:
         return StepChoice(HFStep(model) if build else None, "the HF step: fast=False was asked for")
     emulate = graph_kw.get("emulate", False)
-    graph_reason = _graph_why_not(model, device) if not emulate else _graph_emulated_why_not(model)
+    if not graph:
+        graph_reason = "the caller observes every segment through hooks, which a replayed graph does not fire"
+    else:
+        graph_reason = _graph_why_not(model, device) if not emulate else _graph_emulated_why_not(model)
     if graph_reason is None:
         from .fast import GraphedStepper
 

@@ -319,7 +319,7 @@ class _Recording:
             _log.info("record: the CUDA-graph step with in-graph statistics%s",
                       " (emulated)" if _EMULATE_GRAPH else "")
             return self.graph_rows.step, itertools.chain([first], chunks)
-        choice = pick_step(model, fast=bool(self.fast))
+        choice = pick_step(model, fast=bool(self.fast), graph=False)  # the eager rows read the hooks every segment
         _log.info("record: %s (no graph recorder: %s)", choice.reason, why)
         return choice.step, chunks
 

@@ -120,3 +120,14 @@ def test_bf16_autocast_graph_step_stays_near_fp32():
             got = [o.logits.float().clone() for o in fast_stream(m, ids, GraphedStepper(m, 1))]
     for s, (w, g) in enumerate(zip(want, got)):
         assert_close(f"bf16 graph step, segment {s}", w, g, "bf16")
+
+
+@pytest.mark.parametrize("level, probes", [("full", None), ("writes", [(0, 20), (1, 40)])])
+def test_recordings_the_graph_cannot_take_run_an_eager_step(model, level, probes):
+    """Probes and level 'full' read the hooked tensors of every segment: the recorder must not pick the graph step
+    (whose hooks fire only at capture) for them; fast=True then equals fast=False."""
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, 5 * S + 3))
+    kw = dict(level=level, probes=probes, keyframe_every=2, progress=False)
+    _assert_traces_close(f"level={level} probes={bool(probes)}", av.record(model, ids, fast=False, **kw),
+                         av.record(model, ids, fast=True, **kw), "exact")

@@ -73,3 +73,9 @@ def test_the_armt_docstring_names_the_one_loop():
 
     assert "One segment loop: `ARMTModel.run_segments`" in armt.__doc__
     assert not hasattr(armt.ARMTModel, "_segments")
+
+
+def test_pick_step_without_graphs_for_hook_observers():
+    m = tiny_model()
+    choice = pick_step(m, emulate=True, graph=False)
+    assert isinstance(choice.step, LeanStep) and "hooks" in choice.reason
