@@ -4,7 +4,10 @@ The official implementation is launch-bound on a GPU (one segment at a time, doz
 kernels per layer). A CUDA graph replays the whole step -- reads, blocks, writes -- with one
 launch. Inputs and the memory state live in static buffers; the last kernels of the graph copy the
 new state into the input buffers for the next segment. Two graphs are captured: the first segment
-(no read, v-bar = 0, gamma = 1) and every later one. A final partial segment runs eagerly.
+(no read, v-bar = 0, gamma = 1) and every later one. Which one a step replays follows the memory in the
+buffers (`reset`: empty; `load_state`: a restored memory, first only if it is empty), never the segment
+index a caller reports. `GraphedStepper` is a SegmentStep (steps.py): `ARMTModel.run_segments` gives it
+every full segment and runs a partial one through `model.step`.
 
 Exactness: the graph runs the same kernels as the eager step on the same buffers, so results
 match the eager path (tested to 1e-5 in float32). With `compile_memory=True` the graph holds the

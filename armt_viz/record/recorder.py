@@ -1,11 +1,14 @@
 """`record`: run an ARMT over a token stream and write its memory into a trace store.
 
 The recorder attaches observers to the memory hook points (hooks.py) for the duration
-of the run, drives the model's one segment loop (`ARMTModel.stream`), reduces what it
-sees to the schema's variables (trace/schema.py) and appends them to the zarr store one
-chunk of segments at a time (trace/store.py), committing after each chunk together with
-the exact memory state, so a killed run resumes where it stopped and the result equals
-an uninterrupted run. RAM stays flat: nothing but the current chunk is held.
+of the run, drives the model's one segment loop (`ARMTModel.stream`) with the step it picks
+(the CUDA-graph step with in-graph statistics, `fast_record.GraphRows`; else the lean CPU step
+or the HF step, `steps.pick_step`), reduces what it sees to the schema's variables
+(trace/schema.py) and appends them to the zarr store one chunk of segments at a time
+(trace/store.py), committing after each chunk together with the exact memory state, so a
+killed run resumes where it stopped and the result equals an uninterrupted run. RAM stays
+flat: nothing but the current chunk is held. This loop alone owns keyframes, chunking, the
+finite check (one check on the host rows of either step, before a chunk is written) and commits.
 """
 
 from __future__ import annotations
