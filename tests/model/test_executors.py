@@ -143,7 +143,7 @@ def _drive(run, model, ids, state, step, case):
 # static applicability (checked against why_not by a test): GPT-2 backbones throughout
 def _applies(executor: str, overrides: dict) -> bool:
     if executor == "lean":
-        return overrides.get("n_heads", 1) == 1 and "delta_rule" not in overrides
+        return overrides.get("n_heads", 1) == 1
     if executor == "graph_emulated":
         return not overrides.get("wrap_pos", False)
     return not overrides.get("wrap_pos", False) and overrides.get("segment_alignment", "left") == "left"
