@@ -16,13 +16,13 @@ accessor, which forwards to the same functions.
     memory_spectrum, effective_rank    singular values and effective rank of A
     capacity                           n * EM(n), the paper's capacity estimate
     ledger_of, facts_of, Facts         the task ledger stored in a trace, and its fact index (for record/, viz/)
-    json_attr                          a JSON attribute of a trace (e.g. the model config)
+    json_attr, config_of, head_mask    a JSON attribute of a trace; its ARMTConfig; the head block mask of A
 """
 
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.armt)
-from ._common import json_attr
+from ._common import config_of, head_mask, json_attr
 from ._ledger import Facts, facts_of, ledger_of
 from .answers import ANSWER_CLASSES, answer_status
 from .attribution import attribute_read, probe_read
@@ -34,7 +34,9 @@ from .staleness import recall_shares, stale_mass, stale_share
 __all__ = [
     "ANSWER_CLASSES",
     "Facts",
+    "config_of",
     "facts_of",
+    "head_mask",
     "json_attr",
     "ledger_of",
     "answer_status",
