@@ -2,7 +2,8 @@
 #   make setup   create .venv, install the pinned requirements and the package (editable); install chromium
 #   make demo    record the shipped model on a long stream and serve the dashboard on http://127.0.0.1:5006
 #   make test    run the whole test suite (unit, notebook and browser tests) on 2 workers
-#   make bench   run the benchmarks (bench/run_all.py)
+#   make test-gpu  run the GPU tests (tests/gpu) on a CUDA machine; needs only an existing venv (no network)
+#   make bench   run the benchmarks, quick (bench/run_all.py; --full for the long inputs)
 #   make clean   remove build outputs and caches (keeps .venv and runs/); `make distclean` also removes .venv
 
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ STAMP  := $(VENV)/.setup-stamp
 REQS   := requirements.txt requirements-notebook.txt requirements-test.txt
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help setup chromium test demo bench clean distclean
+.PHONY: help setup chromium test test-gpu demo bench clean distclean
 
 help:
 	@sed -n 's/^#   make /  make /p' $(MAKEFILE_LIST)
@@ -61,16 +62,18 @@ chromium:
 test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
+# No `setup` prerequisite: a GPU machine may have no network. PY=... picks another interpreter with the
+# requirements and a CUDA build of torch; a machine without CUDA fails (ARMT_REQUIRE_GPU=1), never skips.
+test-gpu:
+	@test -x "$(PY)" || command -v "$(PY)" >/dev/null \
+	    || { echo "error: $(PY) not found; run make setup first, or pass PY=/path/to/python" >&2; exit 1; }
+	ARMT_REQUIRE_GPU=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -m gpu tests/gpu
+
 demo: setup
 	$(VENV)/bin/armt-viz demo
 
 bench: setup
-	@if [ -f bench/run_all.py ]; then \
-	    echo "+ $(PY) -m bench.run_all"; \
-	    $(PY) -m bench.run_all; \
-	else \
-	    echo "bench/run_all.py not found; nothing to run"; \
-	fi
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis test-artifacts *.egg-info

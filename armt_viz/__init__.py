@@ -17,7 +17,13 @@ machines without a model):
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for static tools: `armt_viz.record` is the function (see _Package.record)
+    from .record.recorder import record
 
 try:
     __version__ = version("armt_viz")
@@ -29,7 +35,6 @@ _LAZY = {
     "RecordConfig": "armt_viz.config",
     "ARMTModel": "armt_viz.model.armt",
     "MemoryState": "armt_viz.model.armt",
-    "record": "armt_viz.record",
     "replay": "armt_viz.record",
     "probe_keys": "armt_viz.record",
     "open_trace": "armt_viz.trace",
@@ -42,7 +47,7 @@ _LAZY = {
     "load_demo_model": "armt_viz.assets",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted([*_LAZY, "record"]) + ["__version__"]
 
 
 try:  # register the `ds.armt` accessor (xarray only, no torch)
@@ -55,12 +60,35 @@ def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'armt_viz' has no attribute {name!r}")
-    module = importlib.import_module(mod)
-    # `record` is served as the (callable) subpackage itself, so `armt_viz.record.record` keeps working
-    value = module if name == "record" else getattr(module, name)
+    value = getattr(importlib.import_module(mod), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
     return __all__
+
+
+class _Package(types.ModuleType):
+    """The `armt_viz` module. `armt_viz.record` is the `record` function (its real signature and docstring), and
+    the subpackage of the same name stays `sys.modules["armt_viz.record"]` (`from armt_viz.record import replay`,
+    `importlib.import_module("armt_viz.record")`). Importing a submodule makes Python bind the subpackage as the
+    attribute `armt_viz.record`; the setter ignores exactly that binding, so the function is never shadowed.
+    Any other assignment (e.g. a test's monkeypatch) replaces the function until it is assigned back."""
+
+    @property
+    def record(self):
+        override = self.__dict__.get("_record_override")
+        if override is not None:
+            return override
+        from .record.recorder import record as fn
+        return fn
+
+    @record.setter
+    def record(self, value):
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.record":
+            return  # the import system binding the subpackage
+        self.__dict__["_record_override"] = value
+
+
+sys.modules[__name__].__class__ = _Package

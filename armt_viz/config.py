@@ -14,9 +14,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .trace.schema import LEVELS  # the recording levels are the schema's
+
 __all__ = ["ARMTConfig", "RecordConfig", "LEVELS"]
 
-LEVELS = ("summary", "writes", "full")
 _ALIGNMENTS = ("left", "right", "center")
 _STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 

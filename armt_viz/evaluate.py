@@ -203,11 +203,11 @@ def stream_queries(model, stream_config, n_tokens: int, *, device=None, ablate_m
     with torch.no_grad(), _segment_size(model, S), _ablated(model, ablate_memory):
         for chunk in stream_chunks(cfg, n_tokens):
             ids = torch.as_tensor(chunk.input_ids, device=dev).unsqueeze(0)
-            for s in range(0, ids.shape[1], S):
-                out = model.step(ids[:, s:s + S], state)
+            for out in model.stream([ids], state):  # the model's one segment loop
                 state = out.state
-                preds[pos:pos + S] = out.logits[0].argmax(-1).cpu().numpy()
-                pos += S
+                n = out.logits.shape[1]
+                preds[pos:pos + n] = out.logits[0].argmax(-1).cpu().numpy()
+                pos += n
             tokens[pos - len(chunk.input_ids):pos] = chunk.input_ids
             ledgers.append(chunk.ledger)
     from .tasks.ledger import concat_ledgers

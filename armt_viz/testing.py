@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model", "free_port"]
+__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference"]
 
 
 def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
@@ -42,3 +42,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stable_seed(*parts, modulo: int = 2**31 - 1) -> int:
+    """A seed derived from `parts` (their str()) that is the same in every process: CRC-32, not `hash()`, whose
+    value for a string changes per process (PYTHONHASHSEED), so a failure seeded by it cannot be reproduced."""
+    import zlib
+
+    return zlib.crc32("\x1f".join(map(str, parts)).encode()) % modulo
+
+
+# Named tolerances for comparing an executor against its reference: (relative to max|ref|, absolute floor).
+TOLERANCES = {
+    "exact": (0.0, 0.0),  # the same kernels on the same inputs (an emulated graph vs the eager step)
+    "fp32_reorder": (1e-5, 1e-6),  # the same math in another summation order, float32 (lean, diagonal, compiled)
+    "fp32_chain": (1e-4, 1e-6),  # float32 reorderings compounded over many segments of a chaotic recurrence
+    "bf16": (3e-2, 1e-3),  # bfloat16 weights/autocast against float32
+}
+
+
+def assert_close(name: str, ref, got, tol="fp32_reorder") -> float:
+    """Assert max|got - ref| <= rel * max|ref| + abs, where (rel, abs) = TOLERANCES[tol] (or a float rel, abs 0).
+
+    Scaled by the largest reference magnitude, not per element: near-zero entries of a float32 result carry
+    the rounding of its large ones. Shapes must match exactly (no broadcasting). Returns the relative error.
+    The message names the comparison, the tolerance, the error and where it is largest."""
+    import torch
+
+    if isinstance(tol, str):
+        if tol not in TOLERANCES:
+            raise KeyError(f"unknown tolerance {tol!r}; expected one of {sorted(TOLERANCES)} or a float")
+        rel, floor = TOLERANCES[tol]
+    else:
+        rel, floor = float(tol), 0.0
+    ref_t, got_t = torch.as_tensor(ref), torch.as_tensor(got)
+    if tuple(ref_t.shape) != tuple(got_t.shape):
+        raise AssertionError(f"{name}: shape {tuple(got_t.shape)} differs from the reference {tuple(ref_t.shape)}")
+    ref_t, got_t = ref_t.detach().double().cpu(), got_t.detach().double().cpu()
+    if ref_t.numel() == 0:
+        return 0.0
+    if not bool(torch.isfinite(got_t).all()) and not bool(torch.equal(torch.isfinite(got_t), torch.isfinite(ref_t))):
+        raise AssertionError(f"{name}: non-finite values where the reference is finite")
+    scale = float(ref_t.abs().max())
+    err = (got_t - ref_t).abs()
+    worst = float(err.max())
+    if worst > rel * scale + floor:
+        where = tuple(int(i) for i in torch.nonzero(err == worst)[0])
+        raise AssertionError(f"{name}: max |got - ref| = {worst:.3g} at {where} exceeds tolerance {tol!r} "
+                             f"({rel:g} x max|ref| {scale:.3g} + {floor:g})")
+    return worst / scale if scale else worst
+
+
+def official_order_reference(model):
+    """The official implementation's execution order over `model`'s weights (armt_viz/model/official_order.py):
+    `official_order_reference(model)(ids)` gives the logits [batch, seq, vocab]; it leaves `model` untouched.
+    The benchmarks' baseline, and a test oracle for the segment loop."""
+    from .model.official_order import OfficialOrderARMT
+
+    return OfficialOrderARMT(model)

@@ -411,20 +411,44 @@ def _segment_fn(model) -> Callable:
     return step
 
 
+class CompiledStep:
+    """A SegmentStep (model/steps.py) over `fn(ids, assoc, normalizer, first) -> (logits, assoc, normalizer)`:
+    `_segment_fn(model)` or its `torch.compile`d version (two graphs: first segment and later ones), with autograd."""
+
+    def __init__(self, model, fn: Callable):
+        self.model, self.fn = model, fn
+
+    @staticmethod
+    def why_not(model, state=None, ids=None) -> str | None:
+        return None
+
+    def __call__(self, ids, state, segment: int):
+        from .model.armt import MemoryState, SegmentOutput
+
+        state = state if state is not None else self.model.init_state(ids.shape[0], ids.device)
+        logits, A, Z = self.fn(ids, state.assoc, state.normalizer, state.first)
+        return SegmentOutput(logits, MemoryState(tuple(A), tuple(Z), state.segments + 1), segment, ids)
+
+
 def _forward(step_fn, model, ids: torch.Tensor, segment_size: int, state=None):
-    """All segments with full BPTT; returns the concatenated logits [batch, seq, vocab], and with a given
-    (carried) `state` also the final state."""
+    """All segments with full BPTT through the model's one segment loop; returns the concatenated logits
+    [batch, seq, vocab], and with a given (carried) `state` also the final state. `segment_size` is the batch's
+    own (AR and stream batches of a mixed run differ). A carried state is never a first segment (its rows may
+    have been restarted at zero, which reads and writes as a later segment, as before)."""
+    from .model.armt import MemoryState
+
     carried = state is not None
-    if not carried:
-        state = model.init_state(ids.shape[0], ids.device)
-    A, Z = state.assoc, state.normalizer
-    logits = []
-    for s in range(0, ids.shape[1], segment_size):
-        lg, A, Z = step_fn(ids[:, s:s + segment_size], A, Z, s == 0 and not carried)
-        logits.append(lg)
     if carried:
-        return torch.cat(logits, 1), type(state)(A, Z, 1)
-    return torch.cat(logits, 1)
+        state = MemoryState(tuple(state.assoc), tuple(state.normalizer), max(state.segments, 1))
+    else:
+        state = model.init_state(ids.shape[0], ids.device)
+    segments = [(ids[:, s:s + segment_size], None) for s in range(0, ids.shape[1], segment_size)]
+    outs = list(model.run_segments(segments, state, grad=True, step=CompiledStep(model, step_fn)))
+    logits = torch.cat([o.logits for o in outs], 1)
+    if carried:
+        last = outs[-1].state
+        return logits, MemoryState(last.assoc, last.normalizer, 1)
+    return logits
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -8,52 +8,13 @@ All numbers in one run, side by side, on the same machine; printed as ratios. Al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-CONFIGS = {
-    # issue 7: tiny 4-layer d128 ARMT, segment 128, 16 memory tokens, d_mem 64 (CPU, one thread)
-    "cpu-tiny": dict(family="gpt2", layers=4, d=128, heads=4, vocab=128, S=128, M=16, d_mem=64, tokens=64 * 128),
-    # GPT-2 137M, segment 512, 10 memory tokens, d_mem 64
-    "gpu-gpt2": dict(family="gpt2", layers=12, d=768, heads=12, vocab=50257, S=512, M=10, d_mem=64, tokens=64 * 512),
-    "gpu-llama1b": dict(family="llama", layers=16, d=2048, heads=32, vocab=32000, S=1024, M=32, d_mem=64, tokens=16 * 1024),
-}
-
-
-def build(c, device, dtype):
-    import transformers
-    import armt_viz as av
-    torch.manual_seed(0)
-    if c["family"] == "gpt2":
-        hf = transformers.GPT2Config(n_layer=c["layers"], n_embd=c["d"], n_head=c["heads"], vocab_size=c["vocab"],
-                                     n_positions=max(1024, c["S"] + c["M"]), bos_token_id=0, eos_token_id=0)
-    else:
-        hf = transformers.LlamaConfig(num_hidden_layers=c["layers"], hidden_size=c["d"], num_attention_heads=c["heads"],
-                                      intermediate_size=4 * c["d"], vocab_size=c["vocab"], bos_token_id=0, eos_token_id=0)
-    bb = transformers.AutoModelForCausalLM.from_config(hf)
-    m = av.ARMTModel.from_backbone(bb, av.ARMTConfig(num_mem_tokens=c["M"], d_mem=c["d_mem"], segment_size=c["S"]))
-    with torch.no_grad():
-        for b in m.blocks:
-            # make the memory path non-trivial; smaller for the 1B Llama, whose random-weight stream otherwise
-            # overflows to Inf within a few segments (the recorder's check_finite stops there)
-            b.W_mv.weight.normal_(0, 0.02 if c["family"] == "gpt2" else 0.002)
-    return m.to(device=device, dtype=dtype).eval()
-
-
-def timeit(fn, sync, reps=3, warm=True):
-    if warm:
-        fn()
-        sync()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
+from bench._common import CONFIGS, build, timeit  # noqa: F401  (CONFIGS and build are imported from here too)
 
 
 def main(argv=None):
@@ -65,19 +26,25 @@ def main(argv=None):
     p.add_argument("--levels", nargs="*", default=["summary", "writes", "full"])
     p.add_argument("--storage-dtype", default="float32")
     a = p.parse_args(argv)
-    import armt_viz as av
-    from bench.official_order import OfficialOrderARMT
     torch.set_num_threads(a.threads)
     c = CONFIGS[a.config]
     device = "cuda" if a.config.startswith("gpu") and torch.cuda.is_available() else "cpu"
     m = build(c, device, torch.float32)
-    # bf16 = autocast (the official code cannot run pure-bf16 weights: its float32 state clashes)
-    amp = torch.autocast(device, dtype=torch.bfloat16) if a.dtype == "bfloat16" else __import__("contextlib").nullcontext()
-    amp.__enter__()
+    # bf16 = autocast (the official code cannot run pure-bf16 weights: its float32 state clashes), scoped to the run
+    amp = torch.autocast(device, dtype=torch.bfloat16) if a.dtype == "bfloat16" else contextlib.nullcontext()
+    with amp:
+        measure(a, c, device, m)
+
+
+def measure(a, c, device, m):
+    """Every row of the table for model `m` on `device` (the caller sets the autocast scope)."""
+    import armt_viz as av
+    from armt_viz.testing import official_order_reference
+
     n = a.tokens or c["tokens"]
     ids = torch.randint(0, c["vocab"], (1, n), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    ref = OfficialOrderARMT(m)
+    ref = official_order_reference(m)
     print(f"config={a.config} device={device} dtype={a.dtype} threads={a.threads} tokens={n} "
           f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}", flush=True)
     print(f"{'path':<48} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}", flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 def child(tokens, level, storage_dtype, keyframe_every):
     import torch
     import armt_viz as av
-    from bench.bench_forward import CONFIGS, build
+    from bench._common import CONFIGS, build
     m = build(CONFIGS["gpu-gpt2"], "cpu", torch.float32)
     g = torch.Generator().manual_seed(0)
     chunks = (torch.randint(0, 50257, (1, 8192), generator=g) for _ in range(tokens // 8192))

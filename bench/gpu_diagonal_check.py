@@ -20,7 +20,7 @@ import copy
 import torch
 
 from armt_viz.model.diagonal import diagonal_stream
-from bench.bench_forward import CONFIGS, build
+from bench._common import CONFIGS, build
 
 
 def rel(ref: torch.Tensor, got: torch.Tensor) -> float:

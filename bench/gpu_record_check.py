@@ -2,9 +2,8 @@
 
     python -m bench.gpu_record_check [--config gpu-gpt2] [--tokens 131072] [--dtypes float32 bfloat16]
 
-Exactness (float32, fresh model): graph recorder (`fast=True`) and graph + compiled memory math
-(`fast="compile"`) against the eager recorder, every variable; `fast_stream` with a reused stepper equals a
-fresh one. Speed: tokens/s of recording at levels summary and writes (bfloat16 storage, default keyframes),
+Exactness (graph and compiled recorder against the eager one, replay from a restored memory, diagonal,
+compiled memory math) is tested in tests/gpu (`make test-gpu`). Speed: tokens/s of recording at levels summary and writes (bfloat16 storage, default keyframes),
 as ratios against the official-order reference measured in the same run, with bytes/token of each store.
 """
 
@@ -14,25 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import armt_viz as av
 from armt_viz.model.fast import GraphedStepper, fast_stream
-from bench.bench_forward import CONFIGS, build
-from bench.official_order import OfficialOrderARMT
-
-
-def worst_rel(e, f) -> float:
-    worst = 0.0
-    for k in e.data_vars:
-        x, y = np.asarray(e[k].values, np.float64), np.asarray(f[k].values, np.float64)
-        assert x.shape == y.shape, (k, x.shape, y.shape)
-        ok = np.isfinite(x)
-        assert (ok == np.isfinite(y)).all(), k
-        if ok.any():
-            worst = max(worst, float(np.abs(x[ok] - y[ok]).max() / max(np.abs(x[ok]).max(), 1e-30)))
-    return worst
+from bench._common import CONFIGS, build
+from armt_viz.testing import official_order_reference
 
 
 def store_bytes(store: Path) -> int:
@@ -47,35 +33,17 @@ def main():
     p.add_argument("--paths", nargs="+", default=["eager", "graph", "compile"])
     p.add_argument("--keyframe-every", default="auto", type=lambda v: v if v == "auto" else int(v))
     p.add_argument("--growth", action="store_true", help="print how bf16 rounding differences grow over segments")
-    p.add_argument("--skip-exactness", action="store_true")
     a = p.parse_args()
     c = CONFIGS[a.config]
     m = build(c, "cuda", torch.float32)
     ids = torch.randint(0, c["vocab"], (1, a.tokens + 100))  # + a partial segment for the eager tail
     print(f"config={a.config} tokens={a.tokens} {torch.cuda.get_device_name()} torch={torch.__version__}", flush=True)
-    if not a.skip_exactness:
-        x = ids[:, :8 * c["S"] + 100]
-        for level in ("summary", "writes"):
-            e = av.record(m, x.cuda(), level=level, progress=False, fast=False, keyframe_every=3)
-            for fast in (True, "compile"):
-                f = av.record(m, x, level=level, progress=False, fast=fast, keyframe_every=3)
-                print(f"level={level}: fast={fast!r} vs eager recorder, worst relative difference over all "
-                      f"variables {worst_rel(e, f):.2e}", flush=True)
-        with torch.no_grad():
-            xs = ids[:, :6 * c["S"]].cuda()
-            eager = torch.cat([o.logits for o in m.stream([xs])], 1)
-            for compile_memory in (False, True):
-                st = GraphedStepper(m, 1, compile_memory=compile_memory)
-                runs = [torch.cat([o.logits.clone() for o in fast_stream(m, xs, st)], 1) for _ in range(2)]
-                err = ((runs[0] - eager).abs().max() / eager.abs().max()).item()
-                print(f"fast_stream compile_memory={compile_memory}: rel err vs eager {err:.2e}; reused stepper "
-                      f"equal: {bool(torch.equal(runs[0], runs[1]))}", flush=True)
     if a.growth:
         growth(m, ids[:, :64 * c["S"]].cuda(), c["S"])
     for dtype in a.dtypes:
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
         with amp:
-            ref = OfficialOrderARMT(m)
+            ref = official_order_reference(m)
             x = ids[:, :a.tokens].cuda()
             with torch.no_grad():
                 ref(x[:, :4 * c["S"]]); torch.cuda.synchronize()

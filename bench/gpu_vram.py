@@ -18,7 +18,7 @@ import torch
 
 import armt_viz as av
 from armt_viz.model.fast import fast_stream
-from bench.bench_forward import CONFIGS, build
+from bench._common import CONFIGS, build
 
 
 def main():

@@ -18,11 +18,15 @@ accessor, which forwards to the same functions.
     correction_distribution            histogram of gamma
     memory_spectrum, effective_rank    singular values and effective rank of A
     capacity                           n * EM(n), the paper's capacity estimate
+    ledger_of, facts_of, Facts         the task ledger stored in a trace, and its fact index (for record/, viz/)
+    json_attr                          a JSON attribute of a trace (e.g. the model config)
 """
 
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.armt)
+from ._common import config_of, head_mask, json_attr
+from ._ledger import Facts, facts_of, ledger_of
 from .answers import ANSWER_CLASSES, answer_status
 from .attribution import attribute_read, probe_read
 from .capacity import capacity, effective_rank, memory_spectrum
@@ -33,7 +37,13 @@ from .staleness import recall_shares, stale_mass, stale_share
 
 __all__ = [
     "ANSWER_CLASSES",
+    "Facts",
     "ORIGIN_STATUS",
+    "config_of",
+    "head_mask",
+    "facts_of",
+    "json_attr",
+    "ledger_of",
     "answer_status",
     "attribute_read",
     "capacity",

@@ -18,36 +18,10 @@ import numpy as np
 import xarray as xr
 
 from ..config import ARMTConfig
+from ..trace.features import dpfp, feature_map  # the package's one numpy DPFP (re-exported)
 
 __all__ = ["dpfp", "feature_map", "config_of", "named", "head_mask", "as_numpy", "segment_positions",
            "check_trace", "core_single_chunk", "per_run"]
-
-_NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default eps (memory.feature_map uses it)
-
-
-def dpfp(x: np.ndarray, nu: int = 3) -> np.ndarray:
-    """DPFP-nu feature map over the last axis, d -> 2*nu*d (Schlag et al. 2021; ARMT_SPEC.md §1.2).
-
-    x' = [relu(x), relu(-x)];  phi(x) = concat_{j=1..nu} x' * roll(x', j).
-    """
-    xp = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=-1)
-    return np.concatenate([xp * np.roll(xp, j, axis=-1) for j in range(1, nu + 1)], axis=-1)
-
-
-def feature_map(x: np.ndarray, heads: int = 1, nu: int = 3, normalize: bool = False) -> np.ndarray:
-    """Pre-feature keys/queries [..., d_mem] -> features [..., key_feature] of all heads, block layout.
-
-    Head h owns input columns h*d_mem/heads:(h+1)*d_mem/heads and output features
-    h*Fh:(h+1)*Fh with Fh = 2*nu*d_mem/heads (MemoryState.flat_assoc). `normalize` L2-normalises each
-    head's features (the later-code variant, ARMT_SPEC.md §1.13), as torch's F.normalize does.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    per_head = x.reshape(x.shape[:-1] + (heads, x.shape[-1] // heads))
-    phi = dpfp(per_head, nu)  # [..., heads, Fh]
-    if normalize:
-        phi = phi / np.maximum(np.linalg.norm(phi, axis=-1, keepdims=True), _NORMALIZE_EPS)
-    return phi.reshape(x.shape[:-1] + (heads * phi.shape[-1],))
-
 
 def head_mask(config: ARMTConfig, hidden: int) -> np.ndarray:
     """[key_feature, hidden] 0/1 mask of the block-diagonal layout of A over heads (all ones for one head)."""

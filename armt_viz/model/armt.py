@@ -5,8 +5,15 @@ memory written by earlier segments and adds it to the block input; the block run
 outputs at the M appended memory tokens are written back with the delta rule.
 
 Memory is explicit: `MemoryState` (A and z of every layer, and how many segments were
-written) goes into `step` and a new one comes out. There is one segment loop,
-`_segments`, used by `forward`, `stream` and `generate`. The blocks of the backbone are
+written) goes into a segment step and a new one comes out.
+
+One segment loop: `ARMTModel.run_segments`. `forward` and `generate` feed it the official
+split of a whole input, `stream` the re-cut chunks of a stream; `fast.fast_stream`, training
+(`train.py`) and the recorder (`record/`) run `stream`/`run_segments` with a faster
+`SegmentStep` (`steps.py`: the HF step, the lean CPU step, the CUDA-graph step, a compiled
+step; `steps.pick_step` chooses one and says why). The one batched variant is diagonal
+batching (`diagonal.diagonal_stream`): it computes many segments per call along the
+anti-diagonals of the layer x segment grid, so it cannot be a step of this loop. The blocks of the backbone are
 wrapped in place by `AssociativeBlock`; they see the memory only while `step` runs
 (through a context slot that is cleared on exit), so the wrapped backbone keeps working
 as a plain LM outside a step.
@@ -96,6 +103,10 @@ class SegmentOutput:
     state: MemoryState  # memory after this segment's write
     segment: int  # index of this segment in the stream (0-based)
     input_ids: Tensor | None = None  # [batch, segment_tokens]
+    # statistics a step computed inside itself (GraphedStepper's `extra`, one flat float32 buffer; a static
+    # buffer on CUDA: copy before the next step), with the layout to unpack them; None for other steps
+    packed: Tensor | None = None
+    layout: list | None = None
 
 
 @dataclass
@@ -365,7 +376,7 @@ class ARMTModel(nn.Module):
         state = self._sync_device(state, input_ids.device)
         seg = state.segments if segment is None else segment
         if self._slot.lean is not None and attention_mask is None and write and not torch.is_grad_enabled() \
-                and not torch.is_autocast_enabled("cpu"):
+                and not self.training and not torch.is_autocast_enabled("cpu"):
             return self._slot.lean(input_ids, state, seg)
         x = self._embed_segment(input_ids)
         # Always pass an explicit mask (the official wrapper does too): with mask=None, transformers 5
@@ -393,15 +404,59 @@ class ARMTModel(nn.Module):
             return state.to(device)
         return state
 
-    def _segments(self, ids: Tensor, mask: Tensor | None, state: MemoryState | None) -> Iterator[SegmentOutput]:
-        """THE segment loop: every consumer (forward, stream, generate, record) goes through it."""
+    def run_segments(self, segments: Iterable[tuple[Tensor, Tensor | None]], state: MemoryState | None = None, *,
+                     grad: bool = True, step=None) -> Iterator[SegmentOutput]:
+        """THE segment loop: every consumer (forward, stream, generate, fast_stream, training, the recorder)
+        goes through it.
+
+        segments: (ids [batch, <=S], padding mask [batch, <=S] or None) per segment, in order.
+        state: memory to start from (default: empty); segment indices continue from `state.segments`.
+        grad: True runs in the caller's grad mode and passes the state on with its autograd graph (BPTT);
+            False runs each step under no_grad and passes on a detached state. Grad mode is switched per step,
+            never across a yield: a suspended generator must not leave the caller's code under no_grad.
+        step: a SegmentStep (`steps.pick_step` chooses one; `LeanStep`, `GraphedStepper`, a compiled step) that
+            runs every segment it accepts (`step.why_not(model, state, ids)` is None, no padding mask); the
+            others, e.g. the partial tail of a graph step, run `model.step`.
+        """
+        seg_index = state.segments if state is not None else 0
+        grad_mode = contextlib.nullcontext if grad else torch.no_grad
+        for seg_ids, seg_mask in segments:
+            with grad_mode():
+                if step is not None and seg_mask is None and step.why_not(self, state, seg_ids) is None:
+                    out = step(seg_ids, state, seg_index)
+                else:
+                    out = self.step(seg_ids, state, seg_mask, segment=seg_index)
+            state, seg_index = (out.state if grad else out.state.detach()), seg_index + 1
+            yield out
+
+    def _split(self, ids: Tensor, mask: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+        """The segments of a whole input, cut as the official wrapper does (ARMT_SPEC §1.3, alignment)."""
         S, align = self.config.segment_size, self.config.segment_alignment
         id_segs = split_segments(ids, S, align)
         mask_segs = split_segments(mask, S, align) if mask is not None else [None] * len(id_segs)
-        for seg_ids, seg_mask in zip(id_segs, mask_segs):
-            out = self.step(seg_ids, state, seg_mask)
-            state = out.state
-            yield out
+        return list(zip(id_segs, mask_segs))
+
+    def _recut(self, chunks: Iterable) -> Iterator[tuple[Tensor, None]]:
+        """Token chunks ([batch, n] or [n]) re-cut into segments of `segment_size` (left alignment; the final
+        partial segment is flushed at the end)."""
+        S = self.config.segment_size
+        buf: Tensor | None = None
+        for chunk in chunks:
+            c = self._check_ids(torch.as_tensor(chunk, device=self.memory.device))
+            if buf is not None and c.shape[0] != buf.shape[0]:
+                raise ValueError(f"stream: a chunk has batch {c.shape[0]}, the earlier chunks {buf.shape[0]}; "
+                                 "every chunk must hold the same samples ([batch, n] with one batch size)")
+            buf = c if buf is None else torch.cat([buf, c], dim=1)
+            while buf.shape[1] >= S:
+                seg, buf = buf[:, :S], buf[:, S:]
+                yield seg, None
+        if buf is not None and buf.shape[1] > 0:
+            yield buf, None
+
+    def explain_executor(self, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1) -> str:
+        """Which segment step `pick_step` would run for this model, and why (one or two sentences)."""
+        from .steps import explain
+        return explain(self, device, grad, fast=fast, batch=batch)
 
     # ----------------------------------------------------------------- public runs
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
@@ -414,7 +469,7 @@ class ARMTModel(nn.Module):
         ids = self._check_ids(input_ids)
         mask = self._check_mask(attention_mask, ids)
         logits, last = [], state
-        for out in self._segments(ids, mask, state):
+        for out in self.run_segments(self._split(ids, mask), state, grad=True):
             logits.append(out.logits)
             last = out.state
         logits_t = torch.cat(logits, dim=1)
@@ -423,34 +478,16 @@ class ARMTModel(nn.Module):
             loss = lm_loss(logits_t, labels, labels_mask)
         return ARMTOutput(logits=logits_t, loss=loss, state=last, ce_loss=loss)
 
-    def stream(self, chunks: Iterable, state: MemoryState | None = None, *, grad: bool = False) -> Iterator[SegmentOutput]:
+    def stream(self, chunks: Iterable, state: MemoryState | None = None, *, grad: bool = False,
+               step=None) -> Iterator[SegmentOutput]:
         """Segment-at-a-time over an iterable of token chunks ([batch, n] or [n] tensors/arrays).
 
         Chunks are re-cut into segments of `segment_size` (left alignment; the final partial
         segment is flushed at the end). Only one segment's activations are alive at a time,
-        so memory stays flat however long the stream is.
+        so memory stays flat however long the stream is. `step`: a SegmentStep for the segments it
+        accepts (see `run_segments`; `steps.pick_step(model, ...)` picks the fastest that applies).
         """
-        S = self.config.segment_size
-        buf: Tensor | None = None
-        seg_index = state.segments if state is not None else 0
-        # grad mode is switched per step, never across a yield: a suspended generator must not leave the
-        # caller's code (or an abandoned loop) running under no_grad
-        grad_mode = contextlib.nullcontext if grad else torch.no_grad
-        for chunk in chunks:
-            c = self._check_ids(torch.as_tensor(chunk, device=self.memory.device))
-            if buf is not None and c.shape[0] != buf.shape[0]:
-                raise ValueError(f"stream: a chunk has batch {c.shape[0]}, the earlier chunks {buf.shape[0]}; "
-                                 "every chunk must hold the same samples ([batch, n] with one batch size)")
-            buf = c if buf is None else torch.cat([buf, c], dim=1)
-            while buf.shape[1] >= S:
-                with grad_mode():
-                    out = self.step(buf[:, :S], state, segment=seg_index)
-                state, buf, seg_index = (out.state if grad else out.state.detach()), buf[:, S:], seg_index + 1
-                yield out
-        if buf is not None and buf.shape[1] > 0:
-            with grad_mode():
-                out = self.step(buf, state, segment=seg_index)
-            yield out
+        return self.run_segments(self._recut(chunks), state, grad=grad, step=step)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **gen_kwargs) -> Tensor:
@@ -459,13 +496,11 @@ class ARMTModel(nn.Module):
         Returns only the newly generated tokens."""
         ids = self._check_ids(input_ids)
         mask = self._check_mask(attention_mask, ids)
-        S, align = self.config.segment_size, self.config.segment_alignment
-        id_segs = split_segments(ids, S, align)
-        mask_segs = split_segments(mask, S, align) if mask is not None else [None] * len(id_segs)
+        segments = self._split(ids, mask)
         state = self.init_state(ids.shape[0], ids.device)
-        for seg_ids, seg_mask in zip(id_segs[:-1], mask_segs[:-1]):
-            state = self.step(seg_ids, state, seg_mask).state
-        last, last_mask = id_segs[-1], mask_segs[-1]
+        for out in self.run_segments(segments[:-1], state, grad=False):
+            state = out.state
+        last, last_mask = segments[-1]
         if last_mask is None:
             last_mask = torch.ones_like(last)
         emb = self.backbone.get_input_embeddings()(last)

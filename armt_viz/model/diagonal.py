@@ -39,10 +39,10 @@ once per cached pipeline. The logits are computed outside the graph from `last` 
 a few launches), so the yielded logits are ordinary tensors, never views of static buffers.
 
 A grouped call stacks the active cells on a leading `cell` axis, [cell, batch*tokens, hidden], and
-applies every sub-layer with the per-layer weights stacked on that axis: Conv1D/Linear as
-`baddbmm` against [layer, in, out] weights, LayerNorm with per-layer weight and bias, attention as
-one `scaled_dot_product_attention(is_causal=True)` over [cell*batch, heads, tokens, head_dim], and the
-memory read/write as the functions of `memory.py` with `cell*batch` as their batch axis. Positions
+runs the GPT-2 block shared with the lean CPU step (`gpt2_block.py`) with the per-layer weights stacked
+on that axis: Conv1D as `baddbmm` against [layer, in, out] weights, LayerNorm with per-layer weight and
+bias, attention as one `scaled_dot_product_attention(is_causal=True)` over [cell*batch, heads, tokens,
+head_dim]; the memory read/write are the functions of `memory.py` with `cell*batch` as their batch axis. Positions
 are 0 .. S+M-1 in every segment (wrap_pos=False only), so one position table serves every cell.
 A trailing partial segment runs through `model.step` with the final state.
 
@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .armt import STATE_DTYPE, ARMTModel, MemoryState, SegmentOutput
+from .gpt2_block import GPT2Weights, StackedLinear, gpt2_block
 from .memory import feature_map, read_memory, write_memory
 
 __all__ = ["DiagonalExecutor", "DiagonalPipeline", "diagonal_stream", "DEFAULT_GROUP"]
@@ -101,17 +102,9 @@ class DiagonalExecutor:
 
     def __init__(self, model: ARMTModel):
         _check_model(model)
-        from transformers.activations import ACT2FN
-
         self.model, self.cfg = model, model.config
-        hf = model.backbone.config
         blocks = model.blocks
-        layers = [b.layer for b in blocks]
         self.n_layers, self.d_model = len(blocks), model.d_model
-        self.attn_heads = layers[0].attn.num_heads
-        self.head_dim = self.d_model // self.attn_heads
-        self.act = ACT2FN[hf.activation_function]
-        self.ln_eps = hf.layer_norm_epsilon
 
         def stack(get):
             with torch.no_grad():
@@ -123,23 +116,9 @@ class DiagonalExecutor:
         self.write_value_w = stack(lambda b: b.W_mv.weight.t())  # [layer, hidden, hidden]
         self.write_gate_w = stack(lambda b: b.W_mb.weight.t())  # [layer, hidden, 1 | heads | hidden]
         self.write_gate_b = stack(lambda b: b.W_mb.bias).unsqueeze(1)  # [layer, 1, ...]
-        # GPT-2 block (Conv1D stores [in, out]); biases as [layer, 1, out] to broadcast over rows
-        self.ln1_w = stack(lambda b: b.layer.ln_1.weight).unsqueeze(1)
-        self.ln1_b = stack(lambda b: b.layer.ln_1.bias).unsqueeze(1)
-        self.qkv_w = stack(lambda b: b.layer.attn.c_attn.weight)  # [layer, hidden, 3*hidden]
-        self.qkv_b = stack(lambda b: b.layer.attn.c_attn.bias).unsqueeze(1)
-        self.attn_out_w = stack(lambda b: b.layer.attn.c_proj.weight)
-        self.attn_out_b = stack(lambda b: b.layer.attn.c_proj.bias).unsqueeze(1)
-        self.ln2_w = stack(lambda b: b.layer.ln_2.weight).unsqueeze(1)
-        self.ln2_b = stack(lambda b: b.layer.ln_2.bias).unsqueeze(1)
-        self.mlp_in_w = stack(lambda b: b.layer.mlp.c_fc.weight)  # [layer, hidden, inner]
-        self.mlp_in_b = stack(lambda b: b.layer.mlp.c_fc.bias).unsqueeze(1)
-        self.mlp_out_w = stack(lambda b: b.layer.mlp.c_proj.weight)  # [layer, inner, hidden]
-        self.mlp_out_b = stack(lambda b: b.layer.mlp.c_proj.bias).unsqueeze(1)
-        # attention scale: head_dim**-0.5 (scale_attn_weights), /(layer+1) (scale_attn_by_inverse_layer_idx)
-        scales = [float(lay.attn.scaling) for lay in layers]
-        self.attn_scale = scales[0] if len(set(scales)) == 1 else None
-        self.attn_scale_per_layer = torch.tensor(scales, dtype=self.qkv_w.dtype, device=self.qkv_w.device)
+        # the GPT-2 blocks: the shared functional block (gpt2_block.py), one baddbmm per product over the cells
+        self.gpt2 = GPT2Weights(model)
+        self.linear = StackedLinear(self.gpt2)
         self.fingerprint = _fingerprint(model)
         self._idle: DiagonalPipeline | None = None  # the latest released pipeline (see acquire)
 
@@ -167,7 +146,7 @@ class DiagonalExecutor:
             if first_last:
                 read_out[-B:] = 0  # the first segment does not read (its A is 0 anyway)
             rows = rows + read_out.reshape(n, B * T, d).to(dtype)
-        rows = self._block(rows, layer, n, B, T)
+        rows = gpt2_block(rows, self.gpt2, layer, B, T, self.linear)
         # write: the memory tokens' block outputs
         mem = rows.reshape(n, B, T, d)[:, :, T - M:].reshape(n, B * M, d)
         key = feature_map(torch.bmm(mem, self.write_key_w[layer]).reshape(n * B, M, -1),
@@ -186,27 +165,6 @@ class DiagonalExecutor:
             res = write_memory(key, value, gate, A, z, first=False, **kw)
             new_A, new_z = res.assoc, res.normalizer
         return rows.reshape(n, B, T, d), new_A.reshape(assoc.shape), new_z.reshape(normalizer.shape)
-
-    def _block(self, rows: Tensor, layer: slice, n: int, B: int, T: int) -> Tensor:
-        """GPT2Block (pre-LN attention, pre-LN MLP) on [cell, batch*tokens, hidden] with stacked weights."""
-        d, H, hd = self.d_model, self.attn_heads, self.head_dim
-        x = self._layer_norm(rows, self.ln1_w[layer], self.ln1_b[layer])
-        qkv = torch.baddbmm(self.qkv_b[layer], x, self.qkv_w[layer])  # [cell, batch*tokens, 3*hidden]
-        q, k, v = (t.reshape(n * B, T, H, hd).transpose(1, 2) for t in qkv.split(d, dim=-1))
-        if self.attn_scale is None:  # scales differ per layer: fold them into q
-            # expand, not repeat_interleave: no data-dependent output size, safe inside a CUDA graph capture
-            scale = self.attn_scale_per_layer[layer].to(q.dtype).view(n, 1).expand(n, B).reshape(n * B, 1, 1, 1)
-            attn = F.scaled_dot_product_attention(q * scale, k, v, is_causal=True, scale=1.0)
-        else:
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.attn_scale)
-        attn = attn.transpose(1, 2).reshape(n, B * T, d)
-        rows = torch.baddbmm(self.attn_out_b[layer], attn, self.attn_out_w[layer]) + rows
-        x = self._layer_norm(rows, self.ln2_w[layer], self.ln2_b[layer])
-        x = self.act(torch.baddbmm(self.mlp_in_b[layer], x, self.mlp_in_w[layer]))
-        return rows + torch.baddbmm(self.mlp_out_b[layer], x, self.mlp_out_w[layer])
-
-    def _layer_norm(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return F.layer_norm(x, (x.shape[-1],), eps=self.ln_eps) * weight + bias
 
     # ------------------------------------------------------------------ embedding, head
     def _embed(self, ids: Tensor) -> Tensor:

@@ -4,7 +4,10 @@ The official implementation is launch-bound on a GPU (one segment at a time, doz
 kernels per layer). A CUDA graph replays the whole step -- reads, blocks, writes -- with one
 launch. Inputs and the memory state live in static buffers; the last kernels of the graph copy the
 new state into the input buffers for the next segment. Two graphs are captured: the first segment
-(no read, v-bar = 0, gamma = 1) and every later one. A final partial segment runs eagerly.
+(no read, v-bar = 0, gamma = 1) and every later one. Which one a step replays follows the memory in the
+buffers (`reset`: empty; `load_state`: a restored memory, first only if it is empty), never the segment
+index a caller reports. `GraphedStepper` is a SegmentStep (steps.py): `ARMTModel.run_segments` gives it
+every full segment and runs a partial one through `model.step`.
 
 Exactness: the graph runs the same kernels as the eager step on the same buffers, so results
 match the eager path (tested to 1e-5 in float32). With `compile_memory=True` the graph holds the
@@ -52,8 +55,41 @@ class GraphedStepper:
         self.A = [a.expand(batch_size, *a.shape[1:]).clone() for a in z.assoc]
         self.Z = [n.expand(batch_size, *n.shape[1:]).clone() for n in z.normalizer]
         self.graphs, self.outs, self.extras, self.packed, self.layouts = {}, {}, {}, {}, {}
+        self.fresh, self.segments, self.last_first = True, 0, True  # the buffers hold the empty memory
         for first in capture:
             self._capture(first)
+
+    @staticmethod
+    def why_not(model: ARMTModel, state: MemoryState | None = None, ids: torch.Tensor | None = None) -> str | None:
+        """None if a GraphedStepper can run `model` (and, when given, segment `ids` now), else why not.
+        Only full segments replay the graph; a partial tail is left to the HF step."""
+        if model.config.wrap_pos:
+            return "wrap_pos=True (the graph step passes no position ids; use model.stream)"
+        if model.training:
+            return "the model is in training mode (dropout would be captured); call model.eval() first"
+        if ids is not None:
+            if ids.shape[1] != model.config.segment_size:
+                return f"a partial segment ({ids.shape[1]} of {model.config.segment_size} tokens) has no graph"
+            if torch.is_grad_enabled():
+                return "autograd is on, and the graph step computes no gradients"
+        return None
+
+    def __call__(self, ids: torch.Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
+        """The SegmentStep contract: one full segment from `state` (None: an empty memory). A state this stepper
+        returned last continues in place; any other is copied into the buffers first."""
+        if ids.shape[0] != self.B:
+            raise ValueError(f"this GraphedStepper was captured for batch {self.B}, got a segment of batch "
+                             f"{ids.shape[0]}; build one per batch size")
+        if state is None:
+            self.reset()
+        elif not self.holds(state):
+            self.load_state(state)
+        return self.step(ids, segment)
+
+    def holds(self, state: MemoryState) -> bool:
+        """Whether `state` is the memory in this stepper's buffers (the state its last step returned)."""
+        return state.segments == self.segments and all(
+            a.data_ptr() == b.data_ptr() for a, b in zip(state.assoc + state.normalizer, self.A + self.Z))
 
     def _run(self, first: bool):
         st = MemoryState(tuple(self.A), tuple(self.Z), 0 if first else 1)
@@ -93,32 +129,49 @@ class GraphedStepper:
         self.extras[first] = {k: flat[a:b].view(shape) for k, shape, a, b in layout}  # views of the packed buffer
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, segments_done: int) -> SegmentOutput:
-        first = segments_done == 0
-        if first:  # a fresh memory (the buffers may hold the end of an earlier stream)
-            for t in self.A + self.Z:
-                t.zero_()
+    def reset(self) -> None:
+        """Start a fresh memory: the next `step` runs the first-segment graph (no read, v-bar 0, gamma 1)."""
+        for t in self.A + self.Z:
+            t.zero_()
+        self.fresh, self.segments = True, 0
+
+    @torch.no_grad()
+    def load_state(self, state: MemoryState) -> None:
+        """Continue from `state`: its memory goes into the buffers, and the next `step` is its segment
+        `state.segments` (the first-segment graph only when `state` is the empty memory, segments == 0)."""
+        for a, src in zip(self.A, state.assoc):
+            a.copy_(src.expand_as(a))
+        for z, src in zip(self.Z, state.normalizer):
+            z.copy_(src.expand_as(z))
+        self.fresh, self.segments = state.first, state.segments
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, segment: int | None = None) -> SegmentOutput:
+        """One full segment from the memory in the buffers (after `reset` or `load_state`, or the previous step).
+
+        Whether it is a first segment follows the memory the buffers hold, never `segment`: a stream that
+        continues a restored memory (replay, record(initial_state=...)) numbers its segments from anything.
+        segment: the index reported in the output (default: the memory's segment count)."""
+        first = self.fresh
         self.ids.copy_(ids, non_blocking=True)
         if self.emulate:
             self._keep(first, None, *self._run(first))
         else:
             self.graphs[first].replay()
-        state = MemoryState(tuple(self.A), tuple(self.Z), segments_done + 1)
-        return SegmentOutput(self.outs[first].logits, state, segments_done, ids)
+        self.fresh = False
+        self.segments += 1
+        seg = self.segments - 1 if segment is None else segment
+        state = MemoryState(tuple(self.A), tuple(self.Z), self.segments)
+        self.last_first = first
+        return SegmentOutput(self.outs[first].logits, state, seg, ids, self.packed[first], self.layouts[first])
 
-    def last_extra(self, segments_done: int) -> dict:
+    def last_extra(self) -> dict:
         """The `extra` tensors of the latest replay (views of static buffers: copy before the next step)."""
-        return self.extras[segments_done == 0]
+        return self.extras[self.last_first]
 
-    def last_packed(self, segments_done: int) -> torch.Tensor | None:
+    def last_packed(self) -> torch.Tensor | None:
         """All `extra` tensors of the latest replay as one flat float32 buffer (static: copy before the next step)."""
-        return self.packed[segments_done == 0]
-
-    def load_state(self, state: MemoryState):
-        for a, src in zip(self.A, state.assoc):
-            a.copy_(src.expand_as(a))
-        for z, src in zip(self.Z, state.normalizer):
-            z.copy_(src.expand_as(z))
+        return self.packed[self.last_first]
 
 
 def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, tuple, int, int]]]:
@@ -130,16 +183,6 @@ def pack(stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, 
     return torch.cat([t.reshape(-1).float() for t in stats.values()]), layout
 
 
-def _lean_stream(model: ARMTModel, ids: torch.Tensor, lean):
-    ids = model._check_ids(ids)
-    S = model.config.segment_size
-    state = model.init_state(ids.shape[0])
-    for i, start in enumerate(range(0, ids.shape[1], S)):
-        out = lean(ids[:, start:start + S], state, i)
-        state = out.state
-        yield out
-
-
 @functools.cache
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """One warm-up stream per device for every capture. cuBLAS keeps a workspace (32 MiB on an H100) for each
@@ -147,24 +190,17 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device=device)
 
 
-@torch.no_grad()
 def fast_stream(model: ARMTModel, ids: torch.Tensor, stepper=None, *, compile_memory: bool = False):
-    """Like `model.stream([ids])`, fast. On CUDA full segments replay a CUDA graph and the yielded
-    SegmentOutputs' logits/state are views of static buffers, valid until the next segment (copy what
-    you keep); a GraphedStepper can be reused across calls (each call starts from a fresh memory) and
-    `compile_memory` applies when none is given. On the CPU every segment runs the lean step
-    (`lean.LeanStep`, which can also be passed as `stepper`); outputs are ordinary tensors."""
-    if model.memory.device.type == "cpu" and not isinstance(stepper, GraphedStepper):
-        from .lean import LeanStep
-        yield from _lean_stream(model, ids, stepper or LeanStep(model))
-        return
-    stepper = stepper or GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
-    S = model.config.segment_size
-    n_full = ids.shape[1] // S
-    state = None
-    for i in range(n_full):
-        out = stepper.step(ids[:, i * S:(i + 1) * S], i)
-        state = out.state
-        yield out
-    if ids.shape[1] % S:
-        yield model.step(ids[:, n_full * S:], state, segment=n_full)
+    """Like `model.stream([ids])`, fast: the same loop (`ARMTModel.run_segments`) with the fastest step for the
+    device. On CUDA full segments replay a CUDA graph and the yielded SegmentOutputs' logits/state are views of
+    static buffers, valid until the next segment (copy what you keep); a GraphedStepper can be reused across
+    calls (each call starts from a fresh memory) and `compile_memory` applies when none is given. On the CPU
+    every segment runs the lean step (`lean.LeanStep`, which can also be passed as `stepper`); outputs are
+    ordinary tensors."""
+    if stepper is None:
+        if model.memory.device.type == "cpu":
+            from .lean import LeanStep
+            stepper = LeanStep(model)
+        else:
+            stepper = GraphedStepper(model, ids.shape[0], compile_memory=compile_memory)
+    return model.stream([ids], None, step=stepper)

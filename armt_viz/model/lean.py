@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .armt import ARMTModel, MemoryState, SegmentOutput
+from .gpt2_block import TANH_GELU, GPT2Weights, gpt2_block
 
 __all__ = ["LeanStep", "use_lean", "lean_eligible"]
 
-_GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))
+_GELU_TANH = TANH_GELU
 
 
 def _onednn() -> bool:
@@ -75,6 +76,24 @@ class _Linear:
         return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
 
 
+class _PackedLinear:
+    """The block products of `gpt2_block` for one cell (one layer), each a `_Linear` over a weight packed once:
+    the GELU fused into "mlp_in" (tanh variants), the residual add into "attn_out" and "mlp_out"."""
+
+    def __init__(self, w: GPT2Weights, rows_hint: int):
+        self.w = w
+        self.fused_gelu = w.activation in TANH_GELU
+        self.lin = {name: [_Linear(w.weight[name][i].t(), w.bias[name][i, 0], rows_hint) for i in range(w.n_layers)]
+                    for name in w.weight}
+
+    def __call__(self, name: str, x: Tensor, layers: slice, act: bool = False, add: Tensor | None = None) -> Tensor:
+        lin = self.lin[name][layers.start]
+        if act and not self.fused_gelu:
+            y = self.w.act(lin(x[0]))
+            return (y if add is None else y + add[0]).unsqueeze(0)
+        return lin(x[0], gelu=act, add=None if add is None else add[0]).unsqueeze(0)
+
+
 def _matmul_t(x: Tensor, w_t: Tensor) -> Tensor:
     """x [rows, k] @ w_t [k, n] for a weight that changes every call (the memory): oneDNN on a transposed view."""
     if _onednn():
@@ -102,30 +121,16 @@ class LeanStep:
             raise ValueError(f"LeanStep cannot run this model: {reason}")
         cfg, bb = model.config, model.backbone
         self.model, self.cfg = model, cfg
-        hf = bb.config
         rows = cfg.segment_size + cfg.num_mem_tokens
         tr = bb.transformer
         self.wte, self.wpe = tr.wte.weight.detach(), tr.wpe.weight.detach()
         self.ln_f = (tr.ln_f.weight.detach(), tr.ln_f.bias.detach(), tr.ln_f.eps)
         head = bb.lm_head
         self.lm_head = _Linear(head.weight, head.bias, cfg.segment_size)
-        self.n_head = hf.n_head
-        self.act = hf.activation_function
-        self.layers = []
-        for i, blk in enumerate(model.blocks):
-            g = blk.layer
-            scale = (g.attn.head_dim ** -0.5) if hf.scale_attn_weights else 1.0
-            if hf.scale_attn_by_inverse_layer_idx:
-                scale /= float(i + 1)
-            conv = lambda m: _Linear(m.weight.t(), m.bias, rows)  # noqa: E731  (Conv1D: x @ W + b, W [in, out])
-            self.layers.append(dict(
-                ln1=(g.ln_1.weight.detach(), g.ln_1.bias.detach(), g.ln_1.eps),
-                ln2=(g.ln_2.weight.detach(), g.ln_2.bias.detach(), g.ln_2.eps),
-                qkv=conv(g.attn.c_attn), proj=conv(g.attn.c_proj), fc=conv(g.mlp.c_fc), out=conv(g.mlp.c_proj),
-                scale=scale,
-                mq=_Linear(blk.W_mq.weight, None, rows),
-                hooks=blk.memory,
-            ))
+        # the GPT-2 blocks: the shared functional block (gpt2_block.py) over packed per-layer products
+        self.gpt2 = GPT2Weights(model)
+        self.linear = _PackedLinear(self.gpt2, rows)
+        self.layers = [dict(mq=_Linear(blk.W_mq.weight, None, rows), hooks=blk.memory) for blk in model.blocks]
         # the writes of all layers run together after the last block (a layer's write feeds only the next
         # segment): W_mk, W_mv, W_mb of every layer as one stacked [layer, d, d_mem + d + gate] product
         self.kvb_w = torch.stack([torch.cat([b.W_mk.weight, b.W_mv.weight, b.W_mb.weight]).detach().t()
@@ -136,8 +141,17 @@ class LeanStep:
         self._pos_cache: dict[int, Tensor] = {}
 
     @staticmethod
-    def why_not(model: ARMTModel) -> str | None:
+    def why_not(model: ARMTModel, state: MemoryState | None = None, ids: Tensor | None = None) -> str | None:
+        """None if the lean step can run `model` (and, when given, segment `ids` from `state` now), else why not."""
         cfg = model.config
+        if ids is not None:
+            if torch.is_grad_enabled():
+                return "autograd is on, and the lean step computes no gradients"
+            if torch.is_autocast_enabled("cpu"):
+                return "CPU autocast is on, and the lean step runs float32 only"
+        if model.training:
+            return ("the lean step is inference-only (no dropout), but the model is in training mode; call "
+                    "model.eval() first")
         if model.adapter.family != "gpt2":
             return f"the lean CPU step implements the GPT-2 backbone, this model's is {model.adapter.family!r}"
         if model.memory.device.type != "cpu":
@@ -231,11 +245,10 @@ class LeanStep:
         return torch.baddbmm(Az, k3.transpose(1, 2), upd).reshape(nL, B, *Az.shape[1:])
 
     # ------------------------------------------------------------------ the step
-    def _act(self, y: Tensor) -> Tensor:
-        return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[self.act](y)
-
-    def __call__(self, input_ids: Tensor, state: MemoryState, segment: int) -> SegmentOutput:
+    def __call__(self, input_ids: Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
         D = self.model.d_model
+        if state is None:
+            state = self.model.init_state(input_ids.shape[0], input_ids.device)
         # inference mode drops autograd's per-op bookkeeping (~6 % of this step) in the blocks; the logits and
         # the new memory are computed after it, so they are ordinary tensors (hooked tensors of the blocks are
         # inference tensors)
@@ -267,7 +280,6 @@ class LeanStep:
         x = torch.cat([F.embedding(input_ids, self.wte), self.memory_rows(B)], dim=1) + self._positions(L)
         h = x.reshape(B * T, -1)
         read = not state.first and not model._slot.ablate_read
-        fused_gelu = self.act in _GELU_TANH
         Azs = self._memories(state)
         mem = []
         for i, lay in enumerate(self.layers):
@@ -282,13 +294,7 @@ class LeanStep:
                 else:
                     h = torch.addcdiv(h.reshape(B, T, -1), num, den).reshape(B * T, -1)
             h_in = h
-            a = F.layer_norm(h, h.shape[-1:], *lay["ln1"])
-            qkv = lay["qkv"](a).reshape(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
-            att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True, scale=lay["scale"])
-            h = lay["proj"](att.transpose(1, 2).reshape(B * T, -1), add=h)
-            a = F.layer_norm(h, h.shape[-1:], *lay["ln2"])
-            f = lay["fc"](a, gelu=True) if fused_gelu else self._act(lay["fc"](a))
-            h = lay["out"](f, add=h)
+            h = gpt2_block(h.unsqueeze(0), self.gpt2, slice(i, i + 1), B, T, self.linear)[0]
             if hk.active("hook_mem_input"):
                 hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
             mem.append(hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:]))

@@ -1,4 +1,7 @@
-"""Everything that runs the model to produce trace data: record, replay, probe_keys."""
+"""Everything that runs the model to produce trace data: record, replay, probe_keys.
+
+`armt_viz.record` as an attribute is the `record` function (see armt_viz/__init__.py); this subpackage is
+`sys.modules["armt_viz.record"]` and is reached by `from armt_viz.record import ...` or `importlib.import_module`."""
 
 from .recorder import RecordInput, record
 from .replay import replay
@@ -12,17 +15,3 @@ def probe_keys(*args, **kwargs):
 
 __all__ = ["record", "replay", "probe_keys", "RecordInput"]
 
-
-# `armt_viz.record` is both this subpackage and the `record` function. Once a submodule is imported,
-# Python binds the subpackage as the attribute `armt_viz.record`, shadowing the lazily exported
-# function; making the module callable keeps `av.record(...)` working either way.
-import sys as _sys
-import types as _types
-
-
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return record(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule

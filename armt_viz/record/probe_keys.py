@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..analysis._common import json_attr
-from ..analysis._ledger import facts_of, ledger_of
+from ..analysis import facts_of, json_attr, ledger_of
 from ..model.armt import ARMTModel, MemoryState
 from .replay import restore_state
 

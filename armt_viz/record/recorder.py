@@ -1,22 +1,26 @@
 """`record`: run an ARMT over a token stream and write its memory into a trace store.
 
 The recorder attaches observers to the memory hook points (hooks.py) for the duration
-of the run, drives the model's one segment loop (`ARMTModel.stream`), reduces what it
-sees to the schema's variables (trace/schema.py) and appends them to the zarr store one
-chunk of segments at a time (trace/store.py), committing after each chunk together with
-the exact memory state, so a killed run resumes where it stopped and the result equals
-an uninterrupted run. RAM stays flat: nothing but the current chunk is held.
+of the run, drives the model's one segment loop (`ARMTModel.stream`) with the step it picks
+(the CUDA-graph step with in-graph statistics, `fast_record.GraphRows`; else the lean CPU step
+or the HF step, `steps.pick_step`), reduces what it sees to the schema's variables
+(trace/schema.py) and appends them to the zarr store one chunk of segments at a time
+(trace/store.py), committing after each chunk together with the exact memory state, so a
+killed run resumes where it stopped and the result equals an uninterrupted run. RAM stays
+flat: nothing but the current chunk is held. This loop alone owns keyframes, chunking, the
+finite check (one check on the host rows of either step, before a chunk is written) and commits.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
+import logging
 import math
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,15 +30,19 @@ import xarray as xr
 
 from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
-from ..model.lean import lean_eligible, use_lean
+from ..model.steps import pick_step
 from ..trace.io import open_trace
-from ..trace.schema import variables_for
+from ..trace.schema import LEVEL_RANK, variables_for
 from ..trace.store import TraceWriter, bf16_encode
-from .fast_record import graph_record_eligible, run_graphed
+from .fast_record import GraphRows, graph_record_why_not
 from .flusher import BackgroundFlusher
-from .stats import SUMMARY_STATS, segment_statistics, singular_values, to_host
+from .stats import Capture, segment_statistics, singular_values, to_host
 
 __all__ = ["record", "RecordInput", "auto_keyframe_every"]
+
+_log = logging.getLogger(__name__)
+# tests set this to route CPU recordings through the graph recorder with emulated graphs (no GPU needed)
+_EMULATE_GRAPH = False
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}
 
@@ -81,28 +89,6 @@ def _skip_tokens(chunks: Iterable, n: int):
             continue
         yield c[:, n:]
         n = 0
-
-
-@dataclass
-class _Capture:
-    """Hook observers for one segment: keeps references to the tensors it needs."""
-
-    level_rank: int
-    probe_positions: list = field(default_factory=list)
-    data: dict = field(default_factory=dict)
-
-    def hooks(self, model: ARMTModel):
-        want = ["hook_read_query", "hook_read_out", "hook_read_denominator", "hook_write_gate", "hook_correction",
-                "hook_write_prev_value"]
-        if self.level_rank >= 1:
-            want += ["hook_write_key", "hook_write_delta"]
-        if self.level_rank >= 2:
-            want += ["hook_mem_output"]
-        names = {f"layers.{i}.memory.{p}" for i in range(model.n_layers) for p in want}
-
-        def grab(x, *, hook):
-            self.data[(hook.name.rsplit(".", 1)[1], hook.layer)] = x.detach()
-        return [(lambda n: n in names, grab)]
 
 
 def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, description) -> dict[str, Any]:
@@ -227,7 +213,7 @@ class _Recording:
                  check_finite: bool = True):
         self.model, self.rc, self.inp, self.path = model, rc, inp, path
         self.progress, self.initial_state, self.check_finite = progress, initial_state, check_finite
-        self.rank = {"summary": 0, "writes": 1, "full": 2}[rc.level]
+        self.rank = LEVEL_RANK[rc.level]
         self.S = model.config.segment_size
         self.M = model.config.num_mem_tokens
         self.H = model.config.n_heads
@@ -276,26 +262,26 @@ class _Recording:
         if first_chunk and state is not None:
             # a replay starts from restored memory: keep it as keyframe "-1" so memory_at stays exact
             pending_kf.append(self._keyframe_row(state, -1))
-        cap = _Capture(self.rank)
+        cap = Capture(self.rank)
         total = None if self.inp.total_tokens is None else math.ceil(self.inp.total_tokens / self.S)
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=self.start_segment, unit="seg", desc="record", disable=not self.progress,
                    mininterval=0.5)
-        rows: list[dict] = []
+        rows: list = []
         kf_rows: list[dict] = pending_kf
         seg_index = self.start_segment
         self.flusher = BackgroundFlusher(background=model.memory.device.type == "cuda")
+        self.graph_rows = None
         try:
-            # on the CPU the eager loop runs the lean step (same values, oneDNN products, fewer ops)
-            lean = use_lean(model) if self.fast and lean_eligible(model) is None else contextlib.nullcontext()
-            with model.hooks(cap.hooks(model)), torch.no_grad(), lean:
-                if self.fast and graph_record_eligible(model, self):
-                    state, seg_index, rows, kf_rows, leftover = run_graphed(self, chunks, state, seg_index, bar, kf_rows)
-                    chunks = [leftover] if leftover is not None else []
-                gen = model.stream(chunks, state)
-                for out in gen:
-                    prev = state if state is not None else model.init_state(out.logits.shape[0], out.logits.device)
-                    rows.append(self._segment_row(out, prev, cap, seg_index))
+            with model.hooks(cap.hooks(model)), torch.no_grad():
+                step, chunks = self._pick_step(chunks)
+                # THE loop: one segment at a time through the model's one segment loop, whatever the step
+                for out in model.stream(chunks, state, step=step):
+                    if out.packed is not None:  # the graph step computed the row's statistics inside its graph
+                        rows.append(self.graph_rows.row(out, seg_index))
+                    else:
+                        prev = state if state is not None else model.init_state(out.logits.shape[0], out.logits.device)
+                        rows.append(self._segment_row(out, prev, cap, seg_index))
                     state = out.state
                     cap.data.clear()
                     if (seg_index + 1) % rc.keyframe_every == 0:
@@ -317,24 +303,51 @@ class _Recording:
             bar.close()
             model.train(was_training)
 
+    def _pick_step(self, chunks):
+        """The segment step of this recording (and the chunks to feed it), and why, logged.
+
+        The graph step needs the batch size before the first segment: the first chunk is looked at (and put
+        back). Its token blocks go to the device pinned and without a host synchronisation."""
+        model = self.model
+        why = graph_record_why_not(model, level_rank=self.rank, probes=bool(self.probes),
+                                   emulate=_EMULATE_GRAPH) if self.fast else "fast=False"
+        if why is None:
+            chunks = _device_blocks(chunks, self.rc.chunk_segments * self.S, model.memory.device)
+            first = next(chunks, None)
+            if first is None:
+                return None, []
+            self.graph_rows = GraphRows(model, first.shape[0], level_rank=self.rank,
+                                        chunk_segments=self.rc.chunk_segments, storage_dtype=self.sdtype,
+                                        compile_memory=self.fast == "compile", emulate=_EMULATE_GRAPH)
+            _log.info("record: the CUDA-graph step with in-graph statistics%s",
+                      " (emulated)" if _EMULATE_GRAPH else "")
+            return self.graph_rows.step, itertools.chain([first], chunks)
+        choice = pick_step(model, fast=bool(self.fast), graph=False)  # the eager rows read the hooks every segment
+        _log.info("record: %s (no graph recorder: %s)", choice.reason, why)
+        return choice.step, chunks
+
+    def _submit_flush(self, rows: list, kf_rows: list[dict], state: MemoryState) -> None:
+        """Hand a finished chunk to the writer thread (rows, keyframe snapshots and `state` must not be
+        mutated afterwards; the probe reads gathered so far go with it). Rows still on the device (graph
+        step) are copied out asynchronously and unpacked on the writer thread."""
+        probes, self._probe_buf = self._probe_buf, []
+        host_rows = self.graph_rows.handover(rows) if self.graph_rows is not None else (lambda: rows)
+        self.flusher.submit(self._flush, host_rows, kf_rows, _snapshot(state), probes)
+
     # ------------------------------------------------------------------ per segment
-    def _segment_row(self, out, prev: MemoryState, cap: _Capture, seg: int) -> dict:
+    def _segment_row(self, out, prev: MemoryState, cap: Capture, seg: int) -> dict:
+        """The host row of one segment run by an eager step (HF or lean), from the hooked tensors."""
         model, d = self.model, cap.data
-        logits, ids = out.logits, out.input_ids
-        B, L = logits.shape[:2]
+        ids = out.input_ids
+        B, L = out.logits.shape[:2]
         tok = np.full((B, self.S), -1, np.int32)
         tok[:, :L] = ids.cpu().numpy()
-        host = to_host(segment_statistics(d, out, prev.assoc, ids, mem=self.M, heads=self.H, writes=self.rank >= 1))
-        row: dict[str, Any] = {"tokens": tok, "segment": seg, "segment_start": seg * self.S, "segment_length": L,
-                               "segment_loss": host.pop("segment_loss")}
-        stats = {k: host.pop(k) for k in SUMMARY_STATS}
-        if self.check_finite:
-            self._check_finite(seg, stats, row["segment_loss"], logits)
-        row.update(stats)
+        row: dict[str, Any] = to_host(segment_statistics(d, out, prev.assoc, ids, mem=self.M, heads=self.H,
+                                                         writes=self.rank >= 1))
+        row.update(tokens=tok, segment=seg, segment_start=seg * self.S, segment_length=L)
         if self.rank >= 1:
-            host["write_key"] = host["write_key"].astype(self.sdtype)
-            host["write_delta"] = host["write_delta"].astype(self.sdtype)
-            row.update(host)
+            row["write_key"] = row["write_key"].astype(self.sdtype)
+            row["write_delta"] = row["write_delta"].astype(self.sdtype)
         if self.rank >= 2:
             n = model.n_layers
             row["assoc_matrix"] = np.stack([out.state.flat_assoc(l).expand(B, -1, -1).cpu().numpy() for l in range(n)], 1)
@@ -343,54 +356,43 @@ class _Recording:
         self._probe_rows(out, d, seg, L)
         return row
 
-    def _check_rows_finite(self, rows: list[dict], seg0: int) -> None:
-        """Host-side NaN/Inf check of rows computed on the device (graph path)."""
-        if not self.check_finite:
-            return
-        for i, r in enumerate(rows):
-            for k in ("read_out_norm_max", "write_gate_mean", "assoc_norm", "normalizer_norm"):
-                bad = ~np.isfinite(r[k])
-                if bad.any():
-                    layer = int(np.argwhere(bad)[0][-1])
-                    raise FloatingPointError(
-                        f"record: NaN/Inf at segment {seg0 + i}, layer {layer} ({k}). Expected finite activations and "
-                        f"memory. The store {str(self.path)!r} keeps the segments committed before it. Fix the model "
-                        "(or pass check_finite=False)")
+    _FINITE_CHECKS = (("read_out_norm_max", "the memory read-out added to its input"),
+                      ("write_gate_mean", "the memory-token activations at its output (write gate)"),
+                      ("prev_value_norm_mean", "the memory-token activations at its output (write value)"),
+                      ("assoc_norm", "its memory matrix A after the write"),
+                      ("normalizer_norm", "its memory normalizer z after the write"))
 
-    def _check_finite(self, seg: int, stats: dict, loss: np.ndarray, logits) -> None:
-        """Raise at the first layer (in forward order) whose statistics are NaN/Inf (they are norms, so a
-        single non-finite entry of the tensor shows)."""
-        checks = (("read_out_norm_max", "the memory read-out added to its input"),
-                  ("write_gate_mean", "the memory-token activations at its output (write gate)"),
-                  ("prev_value_norm_mean", "the memory-token activations at its output (write value)"),
-                  ("assoc_norm", "its memory matrix A after the write"),
-                  ("normalizer_norm", "its memory normalizer z after the write"))
-        keys = [key for key, _ in checks]
-        if all(np.isfinite(stats[k]).all() for k in keys) and np.isfinite(loss).all() \
-                and bool(torch.isfinite(logits).all()):
-            return  # the common case: one pass, no per-layer search
-        where = None
+    def _check_rows_finite(self, rows: list[dict]) -> None:
+        """Raise at the first segment, and in it the first layer (in forward order), whose statistics are NaN/Inf
+        (they are norms, so a single non-finite entry of the tensor shows), or whose logits are. The same check
+        for every step's rows (eager or graph), run on the host rows of a chunk before any of it is written."""
+        for row in rows:
+            where = self._nonfinite_where(row)
+            if where is None:
+                continue
+            bad_params = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+            cause = (f"non-finite weights: {bad_params[:5]}{' ...' if len(bad_params) > 5 else ''}" if bad_params
+                     else "the weights are finite, so the activations overflowed (check the input and the weight scale)")
+            committed = self.writer._committed
+            raise FloatingPointError(
+                f"record: NaN/Inf at segment {row['segment']}, {where}. Expected finite activations and memory; "
+                f"cause: {cause}. "
+                + (f"The store {str(self.path)!r} keeps the {committed} segments committed before it. " if committed
+                   else f"Nothing was committed, so no store was created at {str(self.path)!r}. ")
+                + "Fix the model (or pass check_finite=False to record the non-finite values anyway)")
+
+    def _nonfinite_where(self, row: dict) -> str | None:
+        keys = [key for key, _ in self._FINITE_CHECKS]
+        loss = row["segment_loss"] if row["segment_length"] > 1 else np.zeros(1)  # 1 token: no loss (NaN by design)
+        logits_ok = not np.asarray(row["nonfinite_logits"]).any()
+        if all(np.isfinite(row[k]).all() for k in keys) and np.isfinite(loss).all() and logits_ok:
+            return None  # the common case: one pass, no per-layer search
         for l in range(self.model.n_layers):
-            for key, what in checks:
-                bad = ~np.isfinite(stats[key][:, l])
+            for key, what in self._FINITE_CHECKS:
+                bad = ~np.isfinite(row[key][:, l])
                 if bad.any():
-                    where = f"layer {l}: {what}, sample(s) {np.flatnonzero(bad).tolist()}"
-                    break
-            if where:
-                break
-        if where is None and not (np.isfinite(loss).all() and bool(torch.isfinite(logits).all())):
-            where = "the output logits (after the last layer)"
-        if where is None:
-            return
-        bad_params = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-        cause = (f"non-finite weights: {bad_params[:5]}{' ...' if len(bad_params) > 5 else ''}" if bad_params
-                 else "the weights are finite, so the activations overflowed (check the input and the weight scale)")
-        self.flusher.wait()  # the chunks before this one are committed before the message counts them
-        raise FloatingPointError(
-            f"record: NaN/Inf at segment {seg}, {where}. Expected finite activations and memory; cause: {cause}. "
-            + (f"The store {str(self.path)!r} keeps the {self.writer._committed} segments committed before it. "
-               if self.writer._committed else f"Nothing was committed, so no store was created at {str(self.path)!r}. ")
-            + "Fix the model (or pass check_finite=False to record the non-finite values anyway)")
+                    return f"layer {l}: {what}, sample(s) {np.flatnonzero(bad).tolist()}"
+        return "the output logits (after the last layer)"
 
     def _probe_rows(self, out, d, seg, L):
         """Gather this segment's probe reads into a buffer (written in bulk at the next commit)."""
@@ -441,14 +443,13 @@ class _Recording:
                 "spectrum": spec.numpy().astype(np.float32), "effective_rank": torch.exp(ent).numpy().astype(np.float32)}
 
     # ------------------------------------------------------------------ writing
-    def _submit_flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState) -> None:
-        """Hand a finished chunk to the writer thread (rows, keyframe snapshots and `state` must not be
-        mutated afterwards; the probe reads gathered so far go with it)."""
-        probes, self._probe_buf = self._probe_buf, []
-        self.flusher.submit(self._flush, rows, kf_rows, state, probes)
-
-    def _flush(self, rows: list[dict], kf_rows: list[dict], state: MemoryState, probes: list = ()):
+    def _flush(self, host_rows, kf_rows: list[dict], state: MemoryState, probes: list = ()):
+        """Check, write and commit one chunk (on the writer thread, or inline on the CPU). Nothing of a chunk with
+        a NaN/Inf is written, so the store keeps the chunks committed before it."""
         w = self.writer
+        rows = host_rows()
+        if self.check_finite:
+            self._check_rows_finite(rows)
         kf_rows = [self._keyframe_host(r) for r in kf_rows]
         if rows:
             data = {}
@@ -508,6 +509,34 @@ class _Recording:
                     continue
                 w.write_static(f"ledger_{name}", tuple(v.dims), vals)
             w.group.attrs["ledger_attrs"] = json.dumps({k: str(v) for k, v in self.inp.ledger.attrs.items()})
+
+
+def _snapshot(state: MemoryState) -> MemoryState:
+    """A copy of `state` for the writer thread (a graph step's state is its static buffers)."""
+    return MemoryState(tuple(a.clone() for a in state.assoc), tuple(z.clone() for z in state.normalizer), state.segments)
+
+
+def _device_blocks(chunks, block_tokens: int, device):
+    """Token chunks gathered on the host into blocks of at least `block_tokens` (the last may be shorter) and sent
+    to `device` (pinned, without waiting, on CUDA): one transfer and one id check per block, not per chunk."""
+    buf = []
+    n = 0
+    for c in chunks:
+        c = torch.as_tensor(c)
+        c = c.unsqueeze(0) if c.ndim == 1 else c
+        buf.append(c)
+        n += c.shape[1]
+        if n >= block_tokens:
+            yield _to_device(torch.cat(buf, 1) if len(buf) > 1 else buf[0], device)
+            buf, n = [], 0
+    if buf:
+        yield _to_device(torch.cat(buf, 1) if len(buf) > 1 else buf[0], device)
+
+
+def _to_device(block: torch.Tensor, device) -> torch.Tensor:
+    if block.device.type == "cpu" and torch.device(device).type == "cuda":
+        return block.pin_memory().to(device, non_blocking=True)
+    return block.to(device)
 
 
 def _state_to_npz(state: MemoryState) -> dict[str, np.ndarray]:

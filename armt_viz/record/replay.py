@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..model.armt import MemoryState
-from ..trace.reconstruct import _block_outer, features_np, memory_at
+from ..trace.features import block_outer
+from ..trace.reconstruct import features_np, memory_at
 from .recorder import record
 
 __all__ = ["replay", "restore_state"]
@@ -72,7 +73,7 @@ def restore_state(model, ds, segment: int, edits=None) -> MemoryState:
         else:
             raise ValueError(f"unknown edit op {op!r}; expected 'delete', 'scale', 'inject' or 'assoc'")
         phi = features_np(key, cfg)
-        A[l] = A[l] + w * _block_outer(phi, delta, cfg.get("n_heads", 1))
+        A[l] = A[l] + w * block_outer(phi, delta, cfg.get("n_heads", 1))
         if cfg.get("use_denom", True):
             Z[l] = Z[l] + w * np.einsum("nbh,nbhf->bhf", gamma, phi).reshape(Z[l].shape)
     dev = model.memory.device

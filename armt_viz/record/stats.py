@@ -6,17 +6,38 @@ segment; the CUDA-graph recorder captures it inside the graph and copies it out 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..model.fast import pack
 
-__all__ = ["segment_statistics", "SUMMARY_STATS", "pack", "unpack", "to_host", "singular_values"]
+__all__ = ["segment_statistics", "SUMMARY_STATS", "Capture", "pack", "unpack", "to_host", "singular_values"]
 
-SUMMARY_STATS = ("assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max",
-                 "read_denominator_mean", "write_gate_mean", "correction_mean", "correction_min",
-                 "prev_value_norm_mean", "write_delta_norm")
+from ..trace.schema import SUMMARY_STATS  # noqa: E402  (re-exported: the statistics are the schema's)
+
+
+@dataclass
+class Capture:
+    """Hook observers for one segment: keeps references to the tensors `segment_statistics` reduces."""
+
+    level_rank: int
+    data: dict = field(default_factory=dict)
+
+    def hooks(self, model):
+        want = ["hook_read_query", "hook_read_out", "hook_read_denominator", "hook_write_gate", "hook_correction",
+                "hook_write_prev_value"]
+        if self.level_rank >= 1:
+            want += ["hook_write_key", "hook_write_delta"]
+        if self.level_rank >= 2:
+            want += ["hook_mem_output"]
+        names = {f"layers.{i}.memory.{p}" for i in range(model.n_layers) for p in want}
+
+        def grab(x, *, hook):
+            self.data[(hook.name.rsplit(".", 1)[1], hook.layer)] = x.detach()
+        return [(lambda n: n in names, grab)]
 
 
 def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, heads: int,
@@ -26,6 +47,7 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     hooked: {(hook point, layer): tensor} seen during the step; the read points are absent when the
     segment did not read (the first segment, or reads ablated), and the read statistics are then 0.
     Summary scalars are [sample, layer]; `segment_loss` is [sample] (NaN for a 1-token segment);
+    `nonfinite_logits` [sample] counts NaN/Inf logits (for the finite check, not stored);
     with `writes`, the write events are [sample, layer, mem_token, ...].
     """
     n_layers = len(out.state.assoc)
@@ -55,6 +77,8 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     prev = torch.linalg.vector_norm(per_layer("hook_write_prev_value"), dim=-1).expand(B, n_layers, mem)
     s.update(write_gate_mean=gate.mean(-1), correction_mean=corr.mean((2, 3)), correction_min=corr.amin((2, 3)),
              prev_value_norm_mean=prev.mean(-1))
+    # not a schema variable: the recorder's finite check pops it (the loss misses a -inf logit off the target)
+    s["nonfinite_logits"] = (~torch.isfinite(out.logits)).flatten(1).sum(1).float()
     if L > 1:
         lg = out.logits[:, :-1].float()
         s["segment_loss"] = torch.nn.functional.cross_entropy(

@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from ..viz._style import PALETTE, finish
+from ..viz.style import PALETTE, finish
 from . import stats as st
 
 __all__ = ["study_figures", "answer_text", "write_report", "CHROMIUM"]

@@ -53,7 +53,7 @@ def query_table(ledger: xr.Dataset, value_size: int) -> dict[str, np.ndarray]:
     """Per query (ledger answer rows): token of the first answer token, fact, updates (versions of the key written
     before the query, deletes included), live keys (keys holding a value at the query), expected value, the values
     the key held before (for the stale class) and the number of distinct values a guess chooses from."""
-    from ..analysis._ledger import facts_of
+    from ..analysis import facts_of
 
     facts = facts_of(ledger)
     role = np.asarray(ledger["role"].values).astype(str)
@@ -202,7 +202,7 @@ def causal_test(model, ds: xr.Dataset, run: xr.Dataset, horizon: int, *, seed: i
     Returns `causal_*` variables over dim `arm` (none / stale removed / random removed): accuracy, Wilson CI,
     count, and attrs causal_segment, causal_degraded (whether S* is a real drop or the 3/4 fallback)."""
     from ..analysis import origin as O
-    from ..analysis._common import config_of, head_mask
+    from ..analysis import config_of, head_mask
     from ..record.replay import replay
     from .stats import wilson
 

@@ -14,38 +14,20 @@ import json
 import numpy as np
 import xarray as xr
 
+from .features import block_outer, dpfp, feature_map
+
 __all__ = ["memory_at", "dpfp_np", "features_np"]
 
 
 def dpfp_np(x: np.ndarray, nu: int = 3) -> np.ndarray:
-    xp = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=-1)
-    return np.concatenate([xp * np.roll(xp, j, axis=-1) for j in range(1, nu + 1)], axis=-1)
+    """`features.dpfp` (kept under its old name)."""
+    return dpfp(x, nu)
 
 
 def features_np(key: np.ndarray, cfg: dict) -> np.ndarray:
-    """Pre-feature keys [..., d_mem] -> features [..., heads, key_feature/heads] (float64)."""
-    H = cfg.get("n_heads", 1)
-    k = np.asarray(key, dtype=np.float64)
-    k = k.reshape(*k.shape[:-1], H, k.shape[-1] // H)
-    phi = dpfp_np(k, cfg.get("nu", 3))
-    if cfg.get("normalize_features", False):
-        phi = phi / np.maximum(np.linalg.norm(phi, axis=-1, keepdims=True), 1e-12)
-    return phi
-
-
-def _block_outer(phi: np.ndarray, delta: np.ndarray, heads: int) -> np.ndarray:
-    """sum over leading event axes of phi (x) delta, block-diagonal over heads.
-
-    phi [n, sample, heads, Fh], delta [n, sample, hidden] -> [sample, heads*Fh, hidden]."""
-    n, B, H, Fh = phi.shape
-    D = delta.shape[-1]
-    Dh = D // H
-    d = delta.reshape(n, B, H, Dh)
-    blocks = np.einsum("nbhf,nbhd->bhfd", phi, d)
-    out = np.zeros((B, H * Fh, D))
-    for h in range(H):
-        out[:, h * Fh:(h + 1) * Fh, h * Dh:(h + 1) * Dh] = blocks[:, h]
-    return out
+    """Pre-feature keys [..., d_mem] -> features [..., heads, key_feature/heads] (float64) for a trace's config."""
+    return feature_map(key, cfg.get("n_heads", 1), cfg.get("nu", 3), cfg.get("normalize_features", False),
+                       per_head=True)
 
 
 def memory_at(ds: xr.Dataset, segment: int, layer: int) -> tuple[xr.DataArray, xr.DataArray]:
@@ -88,7 +70,7 @@ def memory_at(ds: xr.Dataset, segment: int, layer: int) -> tuple[xr.DataArray, x
         gamma = ds["write_correction"].isel(**sl).transpose("segment", "mem_token", "sample", "head").values
         n = key.shape[0] * key.shape[1]
         phi = features_np(key.reshape(n, *key.shape[2:]), cfg)  # [n, sample, heads, Fh]
-        A = A + _block_outer(phi, delta.reshape(n, *delta.shape[2:]).astype(np.float64), H)
+        A = A + block_outer(phi, delta.reshape(n, *delta.shape[2:]).astype(np.float64), H)
         if cfg.get("use_denom", True):
             g = gamma.reshape(n, *gamma.shape[2:]).astype(np.float64)
             z = z + np.einsum("nbh,nbhf->bhf", g, phi).reshape(z.shape)

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVEL_RANK", "OPTIONAL", "variables_for"]
+__all__ = ["Var", "SCHEMA", "SCHEMA_VERSION", "APPEND_DIMS", "LEVELS", "LEVEL_RANK", "OPTIONAL", "SUMMARY_STATS",
+           "variables_for"]
 
 SCHEMA_VERSION = 1
 APPEND_DIMS = ("segment", "keyframe")
-LEVEL_RANK = {"summary": 0, "writes": 1, "full": 2}
+LEVELS = ("summary", "writes", "full")  # cheapest first
+LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ SCHEMA: dict[str, Var] = {
 }
 
 
+# the per (sample, segment, layer) scalars of every level, in table order (the recorder's per-segment statistics,
+# the dashboard's scalar series)
+SUMMARY_STATS = tuple(k for k, v in SCHEMA.items() if v.dims == _S)
 # written only when they apply: the full gate when beta has more than one channel (per head or per hidden channel)
 OPTIONAL = ("write_gate_channel",)
 

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..trace.schema import SUMMARY_STATS
+
 __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
@@ -39,8 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCALAR_VARS = ("assoc_norm", "normalizer_norm", "read_out_norm_mean", "read_out_norm_max", "read_denominator_mean",
-               "write_gate_mean", "correction_mean", "correction_min", "prev_value_norm_mean", "write_delta_norm")
+SCALAR_VARS = SUMMARY_STATS  # every per (sample, segment, layer) scalar of the schema
 # rows of the run timeline, top to bottom (segment_loss has no layer dim)
 TIMELINE_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "read_out_norm_mean", "write_delta_norm",
                  "segment_loss")
@@ -441,7 +442,7 @@ def attribution_inputs(ds: xr.Dataset, layer: int) -> tuple[xr.Dataset, Any]:
     sub = ds[names].isel(layer=[layer]).load()
     facts = None
     try:  # a prepared ledger; optional (attribute_read rebuilds it per call without it)
-        from armt_viz.analysis._ledger import facts_of, ledger_of
+        from armt_viz.analysis import facts_of, ledger_of
 
         facts = facts_of(ledger_of(sub, None, required=True))
     except (ImportError, ValueError, KeyError):

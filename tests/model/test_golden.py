@@ -46,7 +46,7 @@ def test_logits_loss_and_memory_match_official(case, fmt):
     _close(out.loss.reshape(1), t["loss"].reshape(1), f"{case}/{fmt} loss")
     # every layer's A and z after every segment, through the one segment loop
     with torch.no_grad():
-        outs = list(model._segments(ids, mask, None))
+        outs = list(model.run_segments(model._split(ids, mask)))
     for s, o in enumerate(outs):
         for l in range(model.n_layers):
             _close(o.state.flat_assoc(l), t["assoc_matrix"][:, s, l], f"{case} A seg {s} layer {l}")

@@ -89,7 +89,7 @@ def test_without_onednn_the_fallback_products_match(monkeypatch):
     model = tiny_model()
     ids = torch.randint(0, model.vocab_size, (1, 3 * model.config.segment_size))
     lean = LeanStep(model)
-    assert all(lay["qkv"].w is None for lay in lean.layers)
+    assert all(lin.w is None for per_layer in lean.linear.lin.values() for lin in per_layer)
     for g, w in zip(_stream(model, ids, lean), _stream(model, ids)):
         assert _rel(g.logits, w.logits) <= LEAN_REL
 
@@ -155,3 +155,27 @@ def test_models_it_cannot_run_get_a_clear_reason(kind, match):
     assert match in lean_eligible(model)
     with pytest.raises(ValueError, match=match):
         LeanStep(model)
+
+
+def test_the_lean_step_refuses_training_mode():
+    """Issue 14 bug 4: eligibility needs eval mode (the lean step has no dropout)."""
+    model = tiny_model()
+    lean = LeanStep(model)  # built in eval mode
+    model.train()
+    assert "training mode" in LeanStep.why_not(model) and "model.eval()" in lean_eligible(model)
+    with pytest.raises(ValueError, match="training mode"):
+        LeanStep(model)
+    calls = []
+
+    class Spy:
+        def __call__(self, *a, **k):
+            calls.append(1)
+            return lean(*a, **k)
+    ids = torch.randint(0, model.vocab_size, (1, model.config.segment_size))
+    with use_lean(model, Spy()), torch.no_grad():
+        model.step(ids)  # a model switched to training inside use_lean takes the HF step (with its dropout)
+    assert not calls
+    model.eval()
+    with use_lean(model, Spy()), torch.no_grad():
+        model.step(ids)
+    assert calls == [1]

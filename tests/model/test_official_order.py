@@ -1,22 +1,17 @@
-"""The benchmark's official-order reference computes the same logits as ARMTModel (else ratios are meaningless)."""
-
-import sys
-from pathlib import Path
+"""The official-order reference (armt_viz.testing.official_order_reference) computes the same logits as ARMTModel
+(else the benchmarks' ratios are meaningless)."""
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[2]))
-from bench.official_order import OfficialOrderARMT  # noqa: E402
-
-from armt_viz.testing import tiny_model  # noqa: E402
+from armt_viz.testing import assert_close, official_order_reference, tiny_model
 
 
 def test_official_order_reference_matches_model():
     m = tiny_model()
     ids = torch.randint(0, 32, (2, 75))
     with torch.no_grad():
-        ref = OfficialOrderARMT(m)(ids)
+        ref = official_order_reference(m)(ids)
         ours = m(ids).logits
         again = m(ids).logits  # the reference leaves the model untouched
-    torch.testing.assert_close(ref, ours, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(again, ours, rtol=0, atol=0)
+    assert_close("official order vs ARMTModel logits", ref, ours, "fp32_reorder")
+    assert_close("ARMTModel logits after the reference ran", ours, again, "exact")

@@ -1,6 +1,6 @@
 """The recorder's CUDA-graph path (record/fast_record.py), run here with emulated graphs so CI covers its buffer
 logic without a GPU: packed statistics, the device ring, chunk hand-over to the writer, keyframe snapshots, the
-eager tail. On a GPU the same comparison runs in `bench/gpu_record_check.py` (worst difference 0.0)."""
+eager tail. On a GPU the same comparisons run in tests/gpu (`make test-gpu`)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 
 import armt_viz as av
 from armt_viz.model.fast import GraphedStepper, fast_stream
-from armt_viz.record import recorder
+from armt_viz.record import fast_record, recorder
 from armt_viz.testing import tiny_model
 
 
@@ -29,6 +29,12 @@ def _chunks(ids, sizes):
     yield ids[:, i:]
 
 
+def _graph_path(monkeypatch):
+    """Route `record` through the graph path with emulated graphs (a partial tail runs the HF step, as with
+    fast=False)."""
+    monkeypatch.setattr(recorder, "_EMULATE_GRAPH", True)
+
+
 @pytest.mark.parametrize("level", ["summary", "writes"])
 def test_emulated_graph_recorder_equals_the_eager_recorder(model, monkeypatch, level):
     S = model.config.segment_size
@@ -36,16 +42,15 @@ def test_emulated_graph_recorder_equals_the_eager_recorder(model, monkeypatch, l
     kw = dict(level=level, keyframe_every=3, chunk_segments=4, progress=False)
     eager = av.record(model, ids, fast=False, **kw)
     used = []
-    real = recorder.run_graphed
+    real = fast_record.GraphRows.row
 
-    def spy(*a, **k):
-        used.append(True)
-        return real(*a, **k)
-    monkeypatch.setattr(recorder, "graph_record_eligible", lambda m, rec: rec.rank <= 1 and not rec.probes)
-    monkeypatch.setattr(recorder, "lean_eligible", lambda m: "the partial tail runs the HF step, as fast=False does")
-    monkeypatch.setattr(recorder, "run_graphed", spy)
+    def spy(self, out, segment):
+        used.append(segment)
+        return real(self, out, segment)
+    _graph_path(monkeypatch)
+    monkeypatch.setattr(fast_record.GraphRows, "row", spy)
     graphed = av.record(model, _chunks(ids, [S - 3, 2 * S + 5, 7]), **kw)
-    assert used, "the graph path did not run"
+    assert used == list(range(11)), "the full segments did not all run the graph step"
     assert set(graphed.data_vars) == set(eager.data_vars)
     for k in eager.variables:
         np.testing.assert_array_equal(graphed[k].values, eager[k].values, err_msg=k)
@@ -67,3 +72,102 @@ def test_a_reused_stepper_starts_each_stream_from_a_fresh_memory(model):
 def test_the_fast_path_refuses_a_cpu_model_unless_emulated(model):
     with pytest.raises(ValueError, match="needs the model on a CUDA device"):
         GraphedStepper(model, 1)
+
+
+@pytest.mark.parametrize("how", ["initial_state", "replay"])
+def test_the_graph_recorder_keeps_a_restored_memory(model, monkeypatch, how):
+    """Bug (issue 14.1): a new store numbers its segments from 0 and the graph stepper took segment 0 for a fresh
+    memory, zeroing the buffers `load_state` had just filled: every replay on a GPU started from empty memory."""
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, 8 * S))
+    kw = dict(level="writes", keyframe_every=2, chunk_segments=3, progress=False)
+    original = av.record(model, ids, fast=False, **kw)
+    if how == "replay":
+        eager = av.replay(model, original, 5, fast=False, keyframe_every=2, chunk_segments=3)
+        _graph_path(monkeypatch)
+        graphed = av.replay(model, original, 5, keyframe_every=2, chunk_segments=3)
+        ref = original.isel(segment=slice(5, None))
+    else:
+        with torch.no_grad():
+            outs = list(model.stream([ids[:, :4 * S]]))
+        state = outs[-1].state
+        eager = av.record(model, ids[:, 4 * S:], fast=False, initial_state=state, **kw)
+        _graph_path(monkeypatch)
+        graphed = av.record(model, ids[:, 4 * S:], initial_state=state, **kw)
+        ref = original.isel(segment=slice(4, None))
+    # the restored memory is read at the first replayed segment (0 if it had been thrown away)
+    assert float(graphed["read_out_norm_mean"].isel(segment=0).min()) > 0
+    for k in ("read_out_norm_mean", "assoc_norm", "segment_loss", "write_delta"):
+        np.testing.assert_allclose(graphed[k].values, ref[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(graphed[k].values, eager[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_stepper_loaded_with_a_state_continues_it(model):
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (1, 6 * S))
+    with torch.no_grad():
+        ref = [o.logits.clone() for o in model.stream([ids])]
+        st = GraphedStepper(model, 1, emulate=True)
+        st.load_state(model.init_state(1))  # an empty memory: the first-segment graph
+        assert st.fresh
+        out = st.step(ids[:, :S])
+        torch.testing.assert_close(out.logits, ref[0], rtol=1e-6, atol=1e-6)
+        mid = list(model.stream([ids[:, :3 * S]]))[-1].state
+        st.load_state(mid)
+        assert not st.fresh and st.segments == 3
+        for i in range(3, 6):
+            out = st.step(ids[:, i * S:(i + 1) * S], 0)  # the reported index does not decide the first segment
+            torch.testing.assert_close(out.logits, ref[i], rtol=1e-5, atol=1e-6)
+        assert out.state.segments == 6
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            out.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_graph_source_never_imports_the_recorder():
+    """Issue 14 bug 6: recorder.py and fast_record.py imported each other, and the graph loop reached into the
+    recorder's private members. Now the recorder owns the loop and the graph source only makes rows."""
+    from pathlib import Path
+
+    src = Path(recorder.__file__).parent
+    for name in ("fast_record.py", "stats.py"):
+        assert not {m for m in _imports(src / name) if m.endswith("recorder")}, name
+    text = (src / "fast_record.py").read_text()
+    assert "rec." not in text and "_flush" not in text and "keyframe" not in text.split('"""', 2)[2]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_both_paths_run_the_same_finite_check(model, monkeypatch, graph):
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, 6 * S))
+    with torch.no_grad():
+        model.blocks[1].W_mv.weight[0, 0] = float("inf")
+    if graph:
+        _graph_path(monkeypatch)
+    with pytest.raises(FloatingPointError) as ei:
+        av.record(model, ids, chunk_segments=2, progress=False)
+    msg = str(ei.value)
+    assert "segment 0, layer 1:" in msg and "non-finite weights: ['backbone.transformer.h.1.W_mv.weight']" in msg \
+        and "Nothing was committed" in msg, msg
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_one_token_tail_is_recorded(model, monkeypatch, graph):
+    """A 1-token last segment has no loss (NaN by design); the finite check failed it as 'NaN logits'."""
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (1, 2 * S + 1))
+    if graph:
+        _graph_path(monkeypatch)
+    t = av.record(model, ids, progress=False)
+    assert t.sizes["segment"] == 3 and int(t["segment_length"][-1]) == 1
+    assert np.isnan(t["segment_loss"].values[..., -1]).all() and np.isfinite(t["assoc_norm"].values).all()

@@ -38,7 +38,7 @@ def test_full_trace_equals_model_state(model, fast):
     ids = torch.randint(0, 32, (1, 70))
     ds = av.record(model, ids, level="full", progress=False, fast=fast)
     with torch.no_grad():
-        outs = list(model._segments(ids, None, None))
+        outs = list(model.run_segments(model._split(ids, None)))
     for s, o in enumerate(outs):
         for l in range(2):
             got, want = ds["assoc_matrix"][:, s, l].values, o.state.flat_assoc(l).numpy()

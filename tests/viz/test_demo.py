@@ -12,8 +12,9 @@ import armt_viz.demo as demo
 
 @pytest.fixture
 def fakes(monkeypatch):
+    import importlib
+
     import armt_viz.assets
-    import armt_viz.record
     import armt_viz.viz.serve
     from armt_viz.tasks.stream import StreamConfig
 
@@ -29,7 +30,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr(armt_viz.assets, "load_demo_model", lambda name="stream": object())
     monkeypatch.setattr(armt_viz.assets, "demo_stream_config",
                         lambda **kw: StreamConfig(n_keys=8, segment_size=32, **kw))
-    monkeypatch.setattr(armt_viz.record, "record", fake_record)
+    monkeypatch.setattr(importlib.import_module("armt_viz.record"), "record", fake_record)
     monkeypatch.setattr(armt_viz.viz.serve, "run_serve", lambda root, **kw: calls["serve"].append((root, kw)) or 0)
     return calls
 

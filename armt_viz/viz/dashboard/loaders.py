@@ -9,6 +9,7 @@ Returned objects are shared between sessions and must not be mutated.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -151,6 +152,7 @@ def load_stale_mass(path: str, stamp: int, layer: int, sample: int):
 
 
 # ---------------------------------------------------------------------------------------------- background work
+_log = logging.getLogger(__name__)
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armt-attribution")
 BACKGROUND: bool | None = None  # None: in the background only inside a server session
 _DONE: dict[tuple, tuple] = {}
@@ -158,10 +160,23 @@ _PENDING: dict[tuple, Future] = {}
 _LOCK = threading.Lock()
 
 
+def _attribute(key: tuple) -> tuple:
+    """``load_attribution(*key)``, or ``(None, message)`` when it raises: the failure is logged with its traceback
+    and shown in the view, never left pending (a pending failure redrew the view forever)."""
+    try:
+        return load_attribution(*key)
+    except Exception as exc:  # any failure of the analysis becomes a message in the view
+        path, _stamp, fact, layer = key[:4]
+        _log.exception("attribution of fact %s at layer %s in %s failed", fact, layer, path)
+        return None, f"Attribution failed ({type(exc).__name__}: {exc}); see the server log for the traceback."
+
+
 def attribution_async(key: tuple, on_done) -> tuple | None:
     """The attribution for ``key = (path, stamp, fact, layer, max_recalls, sample)`` if it is ready, else None after
-    scheduling it on a background thread; ``on_done()`` is called (from that thread) when it finishes.
+    scheduling it on a background thread; ``on_done()`` is called (from that thread) once, when it finishes.
 
+    The result is ``(frame, message)``; a failure is ``(None, "Attribution failed ...")`` (logged), kept like a
+    result, so a view that redraws on ``on_done`` gets it on that redraw and schedules nothing more.
     Without a server session (tests, notebooks) the work runs inline and the result is returned at once.
     """
     with _LOCK:
@@ -169,13 +184,13 @@ def attribution_async(key: tuple, on_done) -> tuple | None:
             return _DONE[key]
     in_session = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
     if not (in_session if BACKGROUND is None else BACKGROUND):
-        result = load_attribution(*key)
+        result = _attribute(key)
         with _LOCK:
             _DONE[key] = result
         return result
 
     def work():
-        result = load_attribution(*key)
+        result = _attribute(key)
         with _LOCK:
             _DONE[key] = result
             if len(_DONE) > 64:
@@ -184,6 +199,8 @@ def attribution_async(key: tuple, on_done) -> tuple | None:
         return result
 
     with _LOCK:
+        if key in _DONE:  # finished since the first look
+            return _DONE[key]
         future = _PENDING.get(key)
         if future is None:
             future = _PENDING[key] = _POOL.submit(work)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train AR-rewrite variants side by side on one GPU (from scratch, one process each), then export each one as a
 # float16 asset and evaluate it; everything lands in $OUT/<variant>.tgz (asset, log, progress, evals).
-#   OUT=/tmp/out RUNS=/tmp/runs BUDGET=380 bash bench/device_ar_variants.sh
+#   OUT=/tmp/out RUNS=/tmp/runs BUDGET=380 bash scripts/device_ar_variants.sh
 set -uo pipefail
 OUT=${OUT:-runs/device}; RUNS=${RUNS:-runs}; BUDGET=${BUDGET:-380}; mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
@@ -20,8 +20,8 @@ cfg = dataclasses.replace(default_config('ar-rewrite'), vary_n=True, curriculum=
 train(cfg, '$RUNS/C')" > "$RUNS/C.log" 2>&1 &
 wait
 for v in A B C D; do
-  ( python3 bench/train_gpu.py export "$RUNS/$v" "$RUNS/$v/asset" > /dev/null 2>&1
-    timeout 60 python3 bench/model_card_evals.py --quick --ar "$RUNS/$v/asset" --out "$RUNS/$v/evals.json" --device cuda > "$RUNS/$v/evals.log" 2>&1
+  ( python3 scripts/train_gpu.py export "$RUNS/$v" "$RUNS/$v/asset" > /dev/null 2>&1
+    timeout 60 python3 scripts/model_card_evals.py --quick --ar "$RUNS/$v/asset" --out "$RUNS/$v/evals.json" --device cuda > "$RUNS/$v/evals.log" 2>&1
     cp "$RUNS/$v.log" "$RUNS/$v/train.log"
     tar czf "$OUT/$v.tgz" -C "$RUNS" "$v/asset" "$v/log.jsonl" "$v/evals.json" "$v/evals.log" "$v/train.log" "$v/checkpoint/progress.json" ) &
 done

@@ -1,6 +1,7 @@
 """A sequential reference that mirrors the OFFICIAL implementation's execution order (ARMT_SPEC.md §1).
 
-Written from the spec for benchmarking only (the official code itself runs on transformers <= 4.51).
+A test oracle and the benchmarks' baseline (`armt_viz.testing.official_order_reference`), like naive.py: written
+from the spec (the official code itself runs on transformers <= 4.51), never used by the package itself.
 It does what `AssociativeRecurrentWrapper.forward` does, in the same order: zero the memory; for each
 segment, embed, append the memory tokens, pad the mask, run the backbone with
 `output_hidden_states=True` through blocks wrapped in place whose per-layer state (W_mem, z, first_seg)

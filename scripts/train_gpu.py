@@ -1,7 +1,7 @@
 """GPU helpers for training the shipped models: step timing (eager vs compiled) and asset export.
 
-    python bench/train_gpu.py timing [--n 5,50] [--steps 20]     time a training step, eager vs torch.compile
-    python bench/train_gpu.py export RUN_DIR ASSET_DIR            float16 copy of RUN_DIR/checkpoint (+ task.json)
+    python scripts/train_gpu.py timing [--n 5,50] [--steps 20]     time a training step, eager vs torch.compile
+    python scripts/train_gpu.py export RUN_DIR ASSET_DIR            float16 copy of RUN_DIR/checkpoint (+ task.json)
 
 The training itself is `armt-viz train` (see armt_viz/assets/MODEL_CARD.md for the exact commands).
 """

@@ -1,6 +1,6 @@
 """Every number of armt_viz/assets/MODEL_CARD.md in one run (one JSON file), on the CPU or a GPU.
 
-    python bench/model_card_evals.py --ar armt_viz/assets/ar_rewrite --stream armt_viz/assets/stream \
+    python scripts/model_card_evals.py --ar armt_viz/assets/ar_rewrite --stream armt_viz/assets/stream \
         --out runs/model_card_evals.json [--device cuda] [--samples 500]
 
 Each AR number is what `armt-viz eval --model <dir> --task ar-rewrite --pairs N --samples S --seed 0

@@ -1,0 +1,123 @@
+"""One contract for every way of running one ARMT segment step, and one function that picks one.
+
+A `SegmentStep` computes exactly what `ARMTModel.step` computes for one segment (logits of its tokens and
+the memory after its write), by another route:
+
+    HFStep          the HF-wrapped eager step (`ARMTModel.step`): any backbone, device, dtype, autograd,
+                    padding masks. The reference every other step is tested against.
+    lean.LeanStep   GPT-2 on the CPU in float32, eval mode, no autograd: one function over prepacked weights.
+    fast.GraphedStepper   full segments on CUDA replayed as a CUDA graph (first segment and later ones), with
+                    optionally the compiled memory math; `emulate=True` runs it eagerly (tests on the CPU).
+    train.CompiledStep    the HF step under `torch.compile` (training on CUDA, with autograd).
+
+    why_not(model, state=None, ids=None) -> str | None
+        None if this step can run segment `ids` from `state` of `model`, else why not (one sentence).
+        With state and ids left out: whether it can run this model at all.
+    __call__(ids, state, segment) -> SegmentOutput
+        ids [batch, <=S]; state the memory before (None: empty); segment the index reported in the output.
+
+`ARMTModel.run_segments` (the one segment loop) runs every segment a step accepts through it and the
+others through `model.step`. `pick_step(model, device, grad, ...)` returns the step to use and the reason.
+Diagonal batching (`diagonal.py`) computes many segments per call and is the one batched variant: it has
+its own pipeline, not a step of the loop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .armt import ARMTModel, MemoryState, SegmentOutput
+
+__all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain"]
+
+
+@runtime_checkable
+class SegmentStep(Protocol):
+    def why_not(self, model: ARMTModel, state: MemoryState | None = None, ids: Tensor | None = None) -> str | None:
+        ...
+
+    def __call__(self, ids: Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
+        ...
+
+
+class HFStep:
+    """The HF-wrapped eager step, `model.step` (runs every segment, so `why_not` is always None)."""
+
+    def __init__(self, model: ARMTModel):
+        self.model = model
+
+    @staticmethod
+    def why_not(model: ARMTModel, state: MemoryState | None = None, ids: Tensor | None = None) -> str | None:
+        return None
+
+    def __call__(self, ids: Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
+        return self.model.step(ids, state, segment=segment)
+
+
+class StepChoice(NamedTuple):
+    step: SegmentStep  # what runs the segments
+    reason: str  # why this one (and why not the faster ones)
+
+
+def _graph_why_not(model: ARMTModel, device: torch.device) -> str | None:
+    from .fast import GraphedStepper
+
+    if device.type != "cuda":
+        return f"the CUDA-graph step needs a CUDA device, the model is on {device}"
+    return GraphedStepper.why_not(model)
+
+
+def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1,
+              graph: bool = True, build: bool = True, **graph_kw) -> StepChoice:
+    """The segment step to run `model` with, and why.
+
+    device: where the segments run (default: the model's device). grad: autograd through the steps (training,
+    gradients): only the HF step supports it. fast=False: the HF step. batch: samples per segment (a CUDA graph
+    is captured for one batch size). graph_kw go to `GraphedStepper` (extra, hooks, compile_memory, emulate).
+    graph=False leaves the CUDA graph out: for callers that observe every segment through hooks (a captured graph
+    fires them only while it is captured). build=False returns the choice with `step=None` (no weights packed,
+    no graph captured): for explaining.
+
+    Order: the CUDA-graph step on CUDA, the lean step on the CPU, else the HF step.
+    """
+    if not isinstance(model, ARMTModel):
+        raise TypeError(f"pick_step: model must be an armt_viz ARMTModel, got {type(model).__name__}")
+    device = torch.device(device) if device is not None else model.memory.device
+    if grad:
+        return StepChoice(HFStep(model) if build else None,
+                          "the HF step: autograd is on, and only the HF step keeps the graph through every segment")
+    if not fast:
+        return StepChoice(HFStep(model) if build else None, "the HF step: fast=False was asked for")
+    emulate = graph_kw.get("emulate", False)
+    if not graph:
+        graph_reason = "the caller observes every segment through hooks, which a replayed graph does not fire"
+    else:
+        graph_reason = _graph_why_not(model, device) if not emulate else _graph_emulated_why_not(model)
+    if graph_reason is None:
+        from .fast import GraphedStepper
+
+        what = "emulated CUDA-graph step (eager, same static buffers)" if emulate else "CUDA-graph step"
+        return StepChoice(GraphedStepper(model, batch, **graph_kw) if build else None,
+                          f"the {what}: full segments replay one captured graph; a partial tail runs the HF step")
+    from .lean import LeanStep
+
+    lean_reason = LeanStep.why_not(model) if device.type == "cpu" else f"the lean step is for the CPU, not {device}"
+    if lean_reason is None:
+        return StepChoice(LeanStep(model) if build else None,
+                          f"the lean CPU step (oneDNN products over prepacked weights); not a CUDA graph: {graph_reason}")
+    return StepChoice(HFStep(model) if build else None,
+                      f"the HF step: not a CUDA graph ({graph_reason}); not the lean step ({lean_reason})")
+
+
+def _graph_emulated_why_not(model: ARMTModel) -> str | None:
+    from .fast import GraphedStepper
+
+    return GraphedStepper.why_not(model)
+
+
+def explain(model: ARMTModel, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1) -> str:
+    """`pick_step(...).reason` without building the step."""
+    return pick_step(model, device, grad, fast=fast, batch=batch, build=False).reason

@@ -1,0 +1,81 @@
+"""The segment-step contract (model/steps.py): pick_step chooses one step and says why; run_segments is the one
+loop and hands a step only the segments it accepts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armt_viz.model.fast import GraphedStepper
+from armt_viz.model.lean import LeanStep
+from armt_viz.model.steps import HFStep, SegmentStep, pick_step
+from armt_viz.testing import tiny_model
+
+
+def test_pick_step_on_the_cpu_is_the_lean_step_and_says_why():
+    m = tiny_model()
+    choice = pick_step(m)
+    assert isinstance(choice.step, LeanStep) and isinstance(choice.step, SegmentStep)
+    assert "lean CPU step" in choice.reason and "CUDA device" in choice.reason
+    assert m.explain_executor() == choice.reason
+
+
+@pytest.mark.parametrize("why, model_kw, call_kw, words", [
+    ("autograd", {}, dict(grad=True), ["HF step", "autograd"]),
+    ("fast off", {}, dict(fast=False), ["HF step", "fast=False"]),
+    ("llama", dict(family="llama"), {}, ["HF step", "GPT-2 backbone"]),
+    ("memory heads", dict(n_heads=2), {}, ["HF step", "one memory head"]),
+])
+def test_pick_step_falls_back_to_the_hf_step_with_the_reason(why, model_kw, call_kw, words):
+    m = tiny_model(**model_kw)
+    choice = pick_step(m, **call_kw)
+    assert isinstance(choice.step, HFStep), why
+    for w in words:
+        assert w in choice.reason, (why, choice.reason)
+
+
+def test_training_mode_takes_the_hf_step():
+    m = tiny_model().train()
+    assert isinstance(pick_step(m).step, HFStep)
+    assert "training mode" in m.explain_executor()
+
+
+def test_pick_step_emulated_graph():
+    m = tiny_model()
+    choice = pick_step(m, emulate=True, batch=2)
+    assert isinstance(choice.step, GraphedStepper) and choice.step.B == 2 and "emulated" in choice.reason
+    assert "wrap_pos" in pick_step(tiny_model(wrap_pos=True), emulate=True, build=False).reason
+
+
+def test_run_segments_gives_a_step_only_the_segments_it_accepts():
+    m = tiny_model()
+    S = m.config.segment_size
+    ids = torch.randint(0, m.vocab_size, (1, 3 * S + 5))
+    ref = [o.logits for o in m.stream([ids])]
+    seen = []
+
+    class FullOnly(HFStep):
+        @staticmethod
+        def why_not(model, state=None, ids=None):
+            return None if ids is None or ids.shape[1] == S else "partial"
+
+        def __call__(self, ids, state, segment):
+            seen.append(segment)
+            return super().__call__(ids, state, segment)
+    got = [o for o in m.stream([ids], step=FullOnly(m))]
+    assert seen == [0, 1, 2] and [o.segment for o in got] == [0, 1, 2, 3]
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g.logits, r, rtol=0, atol=0)
+
+
+def test_the_armt_docstring_names_the_one_loop():
+    from armt_viz.model import armt
+
+    assert "One segment loop: `ARMTModel.run_segments`" in armt.__doc__
+    assert not hasattr(armt.ARMTModel, "_segments")
+
+
+def test_pick_step_without_graphs_for_hook_observers():
+    m = tiny_model()
+    choice = pick_step(m, emulate=True, graph=False)
+    assert isinstance(choice.step, LeanStep) and "hooks" in choice.reason
