@@ -10,6 +10,7 @@ accessor, which forwards to the same functions.
     recall_shares / stale_share        current / stale / other fractions of each recall (ledger)
     stale_mass                         |sum_superseded phi (x) u|_F / |A|_F over time, per layer (ledger)
     answer_status                      current / stale / other / wrong answers (probes or probe_keys output)
+    chance_baseline, answer_chance     what a uniform guess would score in each class; rate_vs_chance, wilson_interval
     fact_lineage                       versions, supersessions, recalls and their attribution of a fact
     key_overlap, retrieval_snr         interference between write keys; recall signal-to-noise
     correction_distribution            histogram of gamma
@@ -22,6 +23,7 @@ from __future__ import annotations
 from . import accessor as _accessor  # noqa: F401  (registers ds.armt)
 from .answers import ANSWER_CLASSES, answer_status
 from .attribution import attribute_read, probe_read
+from .chance import CHANCE_CLASSES, answer_chance, chance_baseline, rate_vs_chance, wilson_interval
 from .capacity import capacity, effective_rank, memory_spectrum
 from .interference import correction_distribution, key_overlap, retrieval_snr
 from .lineage import fact_lineage
@@ -29,7 +31,12 @@ from .staleness import recall_shares, stale_mass, stale_share
 
 __all__ = [
     "ANSWER_CLASSES",
+    "CHANCE_CLASSES",
+    "answer_chance",
     "answer_status",
+    "chance_baseline",
+    "rate_vs_chance",
+    "wilson_interval",
     "attribute_read",
     "capacity",
     "correction_distribution",

@@ -28,6 +28,7 @@ from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
 from ..model.lean import lean_eligible, use_lean
 from ..trace.io import open_trace
+from ..training_range import warn_if_beyond
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import graph_record_eligible, run_graphed
@@ -162,6 +163,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
                       chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
+    if inp.total_tokens:  # a run past the model's declared range (task.json "trained_range") is flagged
+        warn_if_beyond(model, inp.total_tokens // model.config.segment_size)
     if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
             and int(inp.ledger.attrs["segment_size"]) != model.config.segment_size:
         raise ValueError(
