@@ -10,6 +10,7 @@ machines without a model):
     memory_at                                exact memory reconstruction (no torch)
     attribute_read                           exact read attribution (no torch)
     explore                                  ipywidgets explorer
+    compare                                  two traces side by side (plotly figure)
     load_demo_model                          the shipped trained model
 """
 
@@ -37,6 +38,7 @@ _LAZY = {
     "memory_at": "armt_viz.trace",
     "attribute_read": "armt_viz.analysis",
     "explore": "armt_viz.viz.explorer",
+    "compare": "armt_viz.viz.figures_compare",
     "load_demo_model": "armt_viz.assets",
 }
 

@@ -28,7 +28,7 @@ from ..config import RecordConfig
 from ..model.armt import ARMTModel, MemoryState
 from ..model.lean import lean_eligible, use_lean
 from ..trace.io import open_trace
-from ..training_range import warn_if_beyond
+from ..training_range import trained_range, warn_if_beyond
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import graph_record_eligible, run_graphed
@@ -121,7 +121,14 @@ def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, desc
                                 "transformers": transformers.__version__, "xarray": xr.__version__,
                                 "zarr": zarr.__version__, "python": platform.python_version()}),
         "segment_size": model.config.segment_size,
+        "trained_range": _range_attr(model),
     }
+
+
+def _range_attr(model: ARMTModel) -> str:
+    """The model's declared training range as JSON ('' when none), so views can flag runs past it."""
+    rng = trained_range(model)
+    return json.dumps(rng.to_dict(), sort_keys=True) if rng is not None else ""
 
 
 def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int | str = "auto",

@@ -34,7 +34,8 @@ __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
     "probe_counts", "fact_choices", "pick_fact", "fact_events", "fact_recalls", "sample_probes", "token_stream",
-    "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series",
+    "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series", "probe_chance",
+    "segment_tokens",
 ]
 
 log = logging.getLogger(__name__)
@@ -444,3 +445,31 @@ def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0) -> tuple[xr.D
         return None, "Stale mass needs armt_viz.analysis.stale_mass, which is not installed."
     da = stale_mass(ds).isel(sample=sample, layer=layer).load()
     return da.assign_coords(segment=_segment_coord(ds)).rename("stale_mass"), None
+
+
+def probe_chance(ds: xr.Dataset) -> pd.DataFrame | None:
+    """Per probe, the probability that a uniform guess over the value set lands in each outcome class
+    (``armt_viz.analysis.answer_chance``; its ``current`` is this module's ``correct``): columns probe, correct,
+    stale, other, wrong (NaN where the probe predicts no answer token). None when the trace has no ledger or
+    probes to compare with."""
+    if "ledger_role" not in ds or "probe_token" not in ds or "probe" not in ds.dims:
+        return None
+    from ..analysis.chance import answer_chance
+
+    try:
+        per = answer_chance(ds)
+    except (ValueError, KeyError) as exc:
+        log.warning("no chance baseline for this trace: %s", exc)
+        return None
+    frame = pd.DataFrame(per.values, columns=[("correct" if c == "current" else str(c))
+                                              for c in per["answer_class"].values])
+    frame.insert(0, "probe", np.arange(len(frame)))
+    return frame
+
+
+def segment_tokens(ds: xr.Dataset, segment: int, sample: int = 0) -> np.ndarray:
+    """The token ids of one segment (padding -1 dropped)."""
+    if "tokens" not in ds:
+        return np.zeros(0, dtype=np.int64)
+    row = np.asarray(ds["tokens"].isel(sample=sample, segment=segment).values, dtype=np.int64)
+    return row[row >= 0]

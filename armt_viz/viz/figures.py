@@ -94,7 +94,7 @@ def timeline(ds: xr.Dataset, layer: int = 0, *, sample: int = 0, segment: int | 
     probes = _data.sample_probes(_data.probe_frame(ds, ledger), sample)
     events = _data.fact_events(ledger, fact, sample) if fact is not None else None
     return timeline_figure(series, x_range=x_range, n_pixels=n_pixels, segment=segment, probes=probes,
-                           fact_events=events, fact=fact, subtitle=f"layer {layer}")
+                           fact_events=events, fact=fact, subtitle=f"layer {layer}", chance=_data.probe_chance(ds))
 
 
 def layer_comparison(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None, x_range=None,
@@ -145,4 +145,4 @@ def stale_answers(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None
     if (message := missing_probes(probes, sample)) is not None:
         return message_figure("Stale answers over time", message)
     return stale_answers_figure(_data.sample_probes(probes, sample), n_segments=_data.n_segments(ds),
-                                segment=segment, fact=fact)
+                                segment=segment, fact=fact, chance=_data.probe_chance(ds))

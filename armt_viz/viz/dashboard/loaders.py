@@ -22,7 +22,7 @@ from .. import data as _data
 from ..paths import is_trace_dir
 
 __all__ = ["stamp_of", "open_dataset", "read_direct", "load_scalars", "load_series", "load_layer_series",
-           "load_ledger", "load_probes",
+           "load_ledger", "load_probes", "load_chance",
            "load_fact_table", "load_memory", "load_writes", "load_attribution", "load_attribution_inputs",
            "load_stale_mass", "attribution_async", "warm"]
 
@@ -101,6 +101,12 @@ def load_ledger(path: str, stamp: int) -> pd.DataFrame | None:
 @pn.cache(max_items=8)
 def load_probes(path: str, stamp: int) -> pd.DataFrame:
     return _data.probe_frame(open_dataset(path, stamp), load_ledger(path, stamp))
+
+
+@pn.cache(max_items=8)
+def load_chance(path: str, stamp: int) -> pd.DataFrame | None:
+    """``data.probe_chance``: per probe, the chance of each outcome for a uniform guess (None: no ledger/probes)."""
+    return _data.probe_chance(open_dataset(path, stamp))
 
 
 @pn.cache(max_items=8)

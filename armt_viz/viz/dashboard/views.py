@@ -22,6 +22,7 @@ from ..figures import message_figure, missing_facts, missing_probes, segment_siz
 from ..figures_facts import fact_lifecycle_figure, stale_answers_figure
 from ..figures_memory import assoc_figure, write_events_figure
 from .._spec import move_segment_line
+from ..explain import HOW_TO_READ
 from ..figures_timeline import layer_comparison_figure, timeline_figure
 from . import loaders
 from .store import NO_FACT, TraceStore
@@ -103,6 +104,7 @@ class TraceView(Viewer):
     store = param.ClassSelector(class_=TraceStore, doc="The session's trace store and selection.")
     watch: tuple[str, ...] = ("version",)
     title = "view"
+    key = ""  # name in explain.HOW_TO_READ and in build_app's views
     segment_moves_line = False  # True: a Segment change only moves the figure's rule (no rebuild)
 
     def __init__(self, **params):
@@ -146,12 +148,18 @@ class TraceView(Viewer):
         self._drawn = selection
 
     def __panel__(self):
-        return pn.Column(self.pane, sizing_mode="stretch_width", css_classes=["armt-card"])
+        how = HOW_TO_READ.get(self.key)
+        parts = [self.pane]
+        if how:  # plain text (escaped by Panel), never Markdown/HTML
+            parts.append(pn.widgets.StaticText(value=how, sizing_mode="stretch_width", css_classes=["armt-how"],
+                                               margin=(0, 10, 4, 10)))
+        return pn.Column(*parts, sizing_mode="stretch_width", css_classes=["armt-card"])
 
 
 class TimelineView(TraceView):
     """The run timeline; zooming re-aggregates the visible range, clicking a segment selects it."""
 
+    key = "timeline"
     segment_moves_line = True
 
     watch = ("version", "layer", "segment", "fact", "x_range", "show_stale_mass", "sample")
@@ -183,7 +191,7 @@ class TimelineView(TraceView):
             sub += f" · segments {st.x_range[0]:,.0f}–{st.x_range[1]:,.0f} (double-click to reset)"
         return timeline_figure(series, x_range=st.x_range, n_pixels=self.n_pixels, segment=st.segment,
                                probes=probes, fact_events=events, fact=None if st.fact == NO_FACT else st.fact,
-                               stale_mass=stale, subtitle=sub)
+                               stale_mass=stale, subtitle=sub, chance=loaders.load_chance(st.path, st.stamp))
 
     def _on_relayout(self, event) -> None:
         request = x_axis_request(event.new or {})
@@ -210,6 +218,7 @@ class TimelineView(TraceView):
 
 
 class AssocView(TraceView):
+    key = "assoc"
     watch = ("version", "layer", "segment", "sample")
     title = "Association matrix"
 
@@ -222,6 +231,7 @@ class AssocView(TraceView):
 
 
 class WritesView(TraceView):
+    key = "writes"
     watch = ("version", "layer", "segment", "sample")
     title = "Write events"
 
@@ -234,6 +244,7 @@ class WritesView(TraceView):
 
 
 class FactView(TraceView):
+    key = "fact"
     segment_moves_line = True
     watch = ("version", "fact", "layer", "segment", "sample")
     title = "Fact lifecycle"
@@ -270,6 +281,7 @@ class FactView(TraceView):
 
 
 class StaleView(TraceView):
+    key = "stale"
     segment_moves_line = True
     watch = ("version", "fact", "segment", "sample")
     title = "Stale answers over time"
@@ -280,11 +292,12 @@ class StaleView(TraceView):
         if (message := missing_probes(probes, st.sample)) is not None:
             return message_figure(self.title, message)
         return stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
-                                    segment=st.segment,
-                                    fact=None if st.fact == NO_FACT else st.fact)
+                                    segment=st.segment, fact=None if st.fact == NO_FACT else st.fact,
+                                    chance=loaders.load_chance(st.path, st.stamp))
 
 
 class LayersView(TraceView):
+    key = "layers"
     segment_moves_line = True
     watch = ("version", "segment", "x_range", "sample")
     title = "Layer comparison"
