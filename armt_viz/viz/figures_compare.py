@@ -117,6 +117,7 @@ def compare_figure(series_a: Mapping[str, xr.DataArray], series_b: Mapping[str, 
                 rate, ch = _bucket_rates(probes, chance, edges, outcome)
                 color = OUTCOME_COLORS[outcome]
                 spec.add(dict(type="scatter", x=centres, y=rate, mode="lines", name=f"{labels[k]} {outcome}",
+                              meta={"role": "rate", "outcome": outcome},
                               legendgroup=f"run{k}", showlegend=False, line=dict(color=color, width=1.5,
                                                                                   dash=dash[k]),
                               hovertemplate=f"{labels[k]}: {outcome} %{{y:.1%}}<extra>segments near %{{x:.0f}}"

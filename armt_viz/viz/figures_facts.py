@@ -188,7 +188,7 @@ def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int 
                 continue
             rate = np.where(all_total > 0, hits / np.maximum(all_total, 1), np.nan)
             spec.add(dict(type="scatter", x=centres, y=rate, mode="lines", name=_ANSWER_NAMES[outcome],
-                          showlegend=False,
+                          showlegend=False, meta={"role": "rate", "outcome": outcome},
                           line=dict(color=OUTCOME_COLORS[outcome], width=1.6, dash=dash),
                           hovertemplate=f"{outcome}: %{{y:.1%}}<extra>segments near %{{x:.0f}}</extra>"), 2)
             if chance_of is not None:

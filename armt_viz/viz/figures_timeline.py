@@ -117,6 +117,7 @@ def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float,
                 if outcome == "other" and not counts[outcome].any():
                     continue
                 spec.add(dict(type="bar", x=centres, y=counts[outcome], width=width, name=f"recall {outcome}",
+                              meta={"role": "rate", "outcome": outcome},
                               marker=dict(color=OUTCOME_COLORS[outcome], line=dict(width=0)), legendgroup="outcome",
                               hovertemplate=f"%{{y}} {outcome} recalls<extra>segments near %{{x:.0f}}</extra>"), r)
             top = max(1.0, float(max(c.max() if len(c) else 0 for c in counts.values())))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import panel as pn
 
 from ..explain import CONTROL_HELP, GUIDE
-from .store import TraceStore, plain_text
+from .store import LIVE_PERIOD_MS, TraceStore, plain_text
 from .urlstate import TABS, query_string, query_to_state, session_query
 from .views import AssocView, FactView, LayersView, StaleView, TimelineView, WritesView
 
@@ -102,6 +102,9 @@ def build_app(trace_root: str, *, trace: str | None = None, sync_url: bool = Tru
     if pn.state.location is not None:
         pn.state.location.param.watch(update_url, ["hostname", "pathname"])
     update_url()
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        # a trace being recorded grows under the open view (its committed prefix), and new traces appear
+        pn.state.add_periodic_callback(store.refresh, period=LIVE_PERIOD_MS)
     template = pn.template.BootstrapTemplate(
         title=APP_TITLE, sidebar=sidebar, main=[main], header_background="#17324D", sidebar_width=330,
     )

@@ -32,6 +32,7 @@ __all__ = ["TraceStore"]
 log = logging.getLogger(__name__)
 NO_FACT = -1
 NO_TRACE_LABEL = "— no trace —"
+LIVE_PERIOD_MS = 2000  # how often a served session looks for new commits of the open trace
 
 
 def _clamp(value, high: int) -> int:
@@ -178,6 +179,42 @@ class TraceStore(Viewer):
             self._trace_select.value = name if name in self._trace_select.options.values() else ""
         self._refresh_facts()
         self.param.trigger("version")
+
+    # ------------------------------------------------------------------ live traces
+    def refresh(self) -> bool:
+        """Follow traces being recorded: offer traces that appeared under the root, and when the open trace has
+        committed more segments (its commit stamp changed), reopen its committed prefix keeping the selection (a
+        view on the last segment follows the new last one). Returns True when the open trace grew.
+        Called every ``LIVE_PERIOD_MS`` by a served session."""
+        names = self.available_traces()
+        known = [v for v in self._trace_select.options.values() if v]
+        if names != known:
+            self._trace_select.options = {NO_TRACE_LABEL: "", **{n: n for n in names}}
+        if not self.path:
+            return False
+        stamp = loaders.stamp_of(self.path)
+        if stamp == self.stamp:
+            return False
+        try:
+            ds = loaders.open_dataset(self.path, stamp)
+        except Exception as exc:  # a half-written commit: try again next time
+            log.info("could not reopen %s yet: %s", self.trace, exc)
+            return False
+        old_n = self.n_segments
+        n_seg = max(_data.n_segments(ds), 1)
+        following = self.segment >= old_n - 1
+        self.ds = ds
+        with param.parameterized.batch_call_watchers(self):
+            self.stamp = stamp
+            self.param.segment.bounds = (0, n_seg - 1)
+            if following:
+                self.segment = n_seg - 1
+        for widget in (self._segment, self._segment_slider):
+            widget.param.update(end=max(n_seg - 1, 1 if widget is self._segment_slider else 0),
+                                **({"disabled": n_seg < 2} if widget is self._segment_slider else {}))
+        self._refresh_facts()
+        self.param.trigger("version")
+        return n_seg != old_n
 
     @staticmethod
     def informative_segment(ds, path: str, stamp: int, sample: int = 0) -> int:
