@@ -142,7 +142,7 @@ def compare_figure(series_a: Mapping[str, xr.DataArray], series_b: Mapping[str, 
         spec.xaxis(n_rows, c, title=dict(text=SEGMENT_TITLE))
     spec.all_xaxes(range=[-0.5, hi_all + 0.5])
     (x0, x1), (_, y1) = spec.domains[(1, 2)]
-    spec.annotations.append(dict(text=f"difference {labels[0]} − {labels[1]} (segments both have)", x=x0, y=1.0,
+    spec.annotations.append(dict(text="A − B (segments both runs have)", x=x0, y=1.0,
                                  xref="paper", yref="paper", xanchor="left", yanchor="bottom", yshift=18,
                                  showarrow=False, font=dict(size=11.5, color="#3C4043")))
     if segment is not None:

@@ -65,7 +65,7 @@ def fact_lifecycle_figure(events: pd.DataFrame, recalls: pd.DataFrame | None = N
     height = max(height, top_px + bottom_px + gap_px + margins_px)
     plot_px = height - margins_px
     spec = FigureSpec(2, 1, row_heights=[top_px, plot_px - gap_px - top_px], vertical_spacing=gap_px / plot_px)
-    spec.row_title("what each recall read: signed projection of the read-out on the writes of (hover: formula)<br>"
+    spec.row_title("read-out of each recall, split over writes (signed projection; hover here)<br>"
                    + " · ".join(f"<span style='color:{STATUS_COLORS[k]}'>■</span> {text}" for k, text in
                                 (("current", "current value"), ("stale", "older values"), ("other", "other keys"))), 2)
     spec.annotations[-1].update(hovertext=SIGNED_SHARE_FORMULA, captureevents=True)
@@ -214,10 +214,10 @@ def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int 
         for r in (1, 2):
             spec.vline(segment, r)
     n_stale = int((linked["outcome"] == "stale").sum())
-    spec.row_title("share of recalls per time bucket [%]<br>" + " · ".join(
-        f"<span style='color:{OUTCOME_COLORS[k]}'>{mark}</span> {_ANSWER_NAMES[k]}"
-        for k, mark in (("stale", "━"), ("other", "╍"), ("wrong", "┄")))
-        + (" · <span style='color:#80868B'>━</span> chance (uniform guess)" if chance is not None else ""), 2)
+    spec.row_title("share of recalls per time bucket [%]" + (", grey: chance" if chance is not None else "")
+                   + "<br>" + " · ".join(f"<span style='color:{OUTCOME_COLORS[k]}'>{mark}</span> {text}"
+                                         for k, mark, text in (("stale", "━", "older value"), ("other", "╍", "other key"),
+                                                               ("wrong", "┄", "wrong"))), 2)
     sub_text = f"{n_stale} of {len(linked)} probed recalls returned an older value of their key"
     if chance is not None and len(linked):
         c = chance.set_index("probe").reindex(linked["probe"].to_numpy())["stale"].to_numpy()
