@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -389,6 +390,7 @@ def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_rec
         return None, "No recall of this fact was probed."
     try:
         from armt_viz.analysis import attribute_read
+        from armt_viz.analysis.attribution import EmptyReadWarning
     except ImportError:
         return None, "Attribution needs armt_viz.analysis.attribute_read, which is not installed."
     probes = probes.sort_values("segment")
@@ -396,7 +398,9 @@ def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_rec
     rows = []
     for _, p in probes.iloc[pick].iterrows():
         try:
-            by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
+            with warnings.catch_warnings():  # an empty read (segment 0) is drawn as such, not warned about
+                warnings.simplefilter("ignore", EmptyReadWarning)
+                by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
             total = float(by.attrs.get("read_out_norm", float(by.sum())))
             values = {str(k): float(v) for k, v in zip(by["status"].values, np.asarray(by.values))}
         except Exception as exc:  # one broken recall must not take the view down

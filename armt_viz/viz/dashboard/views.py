@@ -98,6 +98,12 @@ def _inside_window(fig, segment: int) -> bool:
     return window is None or window[0] <= segment <= window[1]
 
 
+class _ForceRedraw:
+    """An event-like marker: redraw even though the selection did not change (data became ready)."""
+
+    name = "force"
+
+
 class TraceView(Viewer):
     """Base view: a Plotly pane redrawn when any of ``watch`` (store parameters) changes."""
 
@@ -127,7 +133,8 @@ class TraceView(Viewer):
         st = self.store
         fig = self.pane.object
         selection = self._selection()
-        if events and selection == self._drawn and all(getattr(e, "name", None) != "version" for e in events):
+        if events and selection == self._drawn and all(getattr(e, "name", None) not in ("version", "force")
+                                                       for e in events):
             return  # already drawn (a new sample's fact was chosen, and drawn, before the sample event came)
         if (self.segment_moves_line and events and fig is not None and st.ds is not None
                 and all(getattr(e, "name", None) == "segment" for e in events)
@@ -146,6 +153,19 @@ class TraceView(Viewer):
         self.pane.height = int(fig.layout.height or 400)
         self.pane.object = fig
         self._drawn = selection
+
+    def _chance(self):
+        """The open trace's chance baseline per probe, or None while it is computed in the background (the view
+        redraws when it is ready)."""
+        st = self.store
+        doc = pn.state.curdoc
+        key = (st.path, st.stamp)
+
+        def done():
+            if doc is not None and (self.store.path, self.store.stamp) == key:
+                doc.add_next_tick_callback(lambda: self._redraw(_ForceRedraw))
+        ready, chance = loaders.chance_async(st.path, st.stamp, done)
+        return chance if ready else None
 
     def __panel__(self):
         how = HOW_TO_READ.get(self.key)
@@ -191,7 +211,7 @@ class TimelineView(TraceView):
             sub += f" · segments {st.x_range[0]:,.0f}–{st.x_range[1]:,.0f} (double-click to reset)"
         return timeline_figure(series, x_range=st.x_range, n_pixels=self.n_pixels, segment=st.segment,
                                probes=probes, fact_events=events, fact=None if st.fact == NO_FACT else st.fact,
-                               stale_mass=stale, subtitle=sub, chance=loaders.load_chance(st.path, st.stamp))
+                               stale_mass=stale, subtitle=sub, chance=self._chance())
 
     def _on_relayout(self, event) -> None:
         request = x_axis_request(event.new or {})
@@ -291,9 +311,10 @@ class StaleView(TraceView):
         probes = loaders.load_probes(st.path, st.stamp)
         if (message := missing_probes(probes, st.sample)) is not None:
             return message_figure(self.title, message)
-        return stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
-                                    segment=st.segment, fact=None if st.fact == NO_FACT else st.fact,
-                                    chance=loaders.load_chance(st.path, st.stamp))
+        fig = stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
+                                   segment=st.segment, fact=None if st.fact == NO_FACT else st.fact,
+                                   chance=self._chance())
+        return fig
 
 
 class LayersView(TraceView):
