@@ -48,10 +48,11 @@ LAYER_COMPARISON_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "re
 
 def message_figure(title: str, message: str, height: int = 320) -> go.Figure:
     """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace")."""
-    from ._style import finish
+    from ._style import finish, wrap
 
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    # wrapped so a long message is not cut off by a narrow pane
+    fig.add_annotation(text=wrap(message, 56), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#5F6368"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)

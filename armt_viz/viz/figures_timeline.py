@@ -141,6 +141,21 @@ def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float,
                 if sel.empty:
                     continue
                 symbol, color, text = EVENT_STYLE[kind]
+                max_marks = max(20, n_pixels // 8)
+                if len(sel) > max_marks:  # too many to tell apart: one mark per bucket, sized by its count
+                    edges = np.linspace(lo, hi + 1, max_marks + 1)
+                    col = np.clip(np.searchsorted(edges, sel["segment"].to_numpy(), side="right") - 1, 0,
+                                  max_marks - 1)
+                    count = np.bincount(col, minlength=max_marks)
+                    keep = count > 0
+                    mid = 0.5 * (edges[1:] + edges[:-1])[keep]
+                    spec.add(dict(type="scatter", x=mid, y=np.full(len(mid), top * 1.12), mode="markers",
+                                  name=f"fact {fact}: {text} (per bucket)", customdata=count[keep],
+                                  marker=dict(symbol=symbol, color=color, line=dict(width=1.2, color=color),
+                                              size=np.clip(6 + 2 * np.sqrt(count[keep]), 6, 16)),
+                                  hovertemplate=f"%{{customdata}} {text}s of fact {fact}<br>segments near %{{x:.0f}}"
+                                                "<extra>zoom in to see each</extra>"), r)
+                    continue
                 spec.add(dict(type="scatter", x=sel["segment"].to_numpy(), y=np.full(len(sel), top * 1.12),
                               mode="markers", name=f"fact {fact}: {text}",
                               marker=dict(symbol=symbol, size=9, color=color, line=dict(width=1.2, color=color)),
@@ -175,8 +190,9 @@ def layer_comparison_figure(series: Mapping[str, xr.DataArray], *, x_range: tupl
         for j, layer in enumerate(layers):
             one = da.isel(layer=j).rename(f"layer {int(layer)}")
             one.attrs = dict(da.attrs)
+            # bucket means only: min/max bands of several layers overlap unreadably (the timeline keeps them)
             for tr in envelope_traces(one, x_range=x_range, n_pixels=n_pixels, color=PALETTE[j % len(PALETTE)],
-                                      legend=(i == 1), band_alpha=0.12):
+                                      legend=(i == 1), band=False):
                 spec.add(tr, i)
         spec.row_title(axis_title(da, name), i)
     spec.xaxis(n_rows, 1, title=dict(text=SEGMENT_TITLE))

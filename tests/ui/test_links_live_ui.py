@@ -142,7 +142,7 @@ def test_every_tab_of_a_cli_stream_trace_shows_data_with_chance_lines(live_serve
             if tab == "compare":
                 page.get_by_label("Compare with (B)").select_option("synthetic.zarr")
                 expect(page.locator(".gtitle", has_text="Compare two runs")).to_have_count(1)
-                expect(page.locator(".annotation-text", has_text="difference")).to_have_count(1)
+                expect(page.locator(".annotation-text", has_text="segments both runs have")).to_have_count(1)
             else:
                 want = {"memory": "Write events", "facts": "Stale answers over time", "layers": "Layer comparison"}
                 expect(page.locator(".gtitle", has_text=want[tab])).to_have_count(1)
@@ -210,18 +210,20 @@ def test_html_export_opens_offline_with_the_same_figures(live_server, browser, a
 
 def test_live_view_follows_a_recording(live_server, live_root, browser, artifacts_dir):
     store = Path(live_root["root"]) / "live.zarr"
+    page, rec = new_page(browser, height=1400)
+    page.goto(live_server + "/?trace=stream.zarr")  # a page open before the recording starts
+    trace = page.get_by_label("Trace", exact=True)
+    expect(trace).to_be_visible(timeout=60_000)
+    assert "live.zarr" not in trace.locator("option").all_text_contents()
     proc = subprocess.Popen([sys.executable, "-c", _LIVE_SCRIPT, str(store)], cwd=REPO, env=_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    page, rec = new_page(browser, height=1400)
     try:
-        deadline = time.time() + 120
-        while not (store / "armt_commit.json").exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "the recording never committed"
-            time.sleep(0.3)
-        page.goto(live_server + "/?trace=live.zarr")
+        # the new trace shows up in the open page, and choosing it shows its committed prefix
+        expect(trace.locator("option", has_text="live.zarr")).to_have_count(1, timeout=120_000)
+        assert proc.poll() is None, proc.stdout.read()
+        trace.select_option("live.zarr")
         segment = page.get_by_label("Segment", exact=True)
-        expect(segment).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("recording in progress", exact=False)).to_have_count(1, timeout=60_000)
         info = page.get_by_text("segments ·", exact=False).first
 
         def shown() -> int:

@@ -115,3 +115,18 @@ def test_tokens_decode_with_the_task_vocabulary_and_range_warning():
     assert range_warning({"trained_range": rng}, 200) is None
     assert "50,000 segments, beyond" in range_warning({"trained_range": rng}, 50_000)
     assert range_warning({}, 10 ** 6) is None
+
+
+def test_many_fact_events_are_bucketed_not_merged(trace_writes):
+    import pandas as pd
+
+    from armt_viz.viz.figures_timeline import timeline_figure
+
+    series = {"assoc_norm": D.series(trace_writes, "assoc_norm", 0)}
+    seg = np.sort(np.random.default_rng(0).integers(0, 48, 470))
+    events = pd.DataFrame({"event": "overwrite", "segment": seg, "version": 1, "value": 3})
+    fig = timeline_figure(series, fact_events=events, fact=2, n_pixels=400)
+    marks = [t for t in fig.data if t.name == "fact 2: overwrite (per bucket)"]
+    assert len(marks) == 1 and len(marks[0].x) <= 50 and int(np.sum(marks[0].customdata)) == 470
+    few = timeline_figure(series, fact_events=events.iloc[:10], fact=2, n_pixels=400)
+    assert [len(t.x) for t in few.data if t.name == "fact 2: overwrite"] == [10]

@@ -328,7 +328,7 @@ class LayersView(TraceView):
         st = self.store
         series = {n: loaders.load_layer_series(st.path, st.stamp, n, st.sample) for n in self.names if n in st.ds}
         return layer_comparison_figure(series, x_range=st.x_range, segment=st.segment,
-                                       subtitle="every layer, same segment range as the timeline")
+                                       subtitle="every layer (bucket means), same segment range as the timeline")
 
 
 VIEWS = (TimelineView, AssocView, WritesView, FactView, StaleView, LayersView)
