@@ -130,3 +130,25 @@ def test_many_fact_events_are_bucketed_not_merged(trace_writes):
     assert len(marks) == 1 and len(marks[0].x) <= 50 and int(np.sum(marks[0].customdata)) == 470
     few = timeline_figure(series, fact_events=events.iloc[:10], fact=2, n_pixels=400)
     assert [len(t.x) for t in few.data if t.name == "fact 2: overwrite"] == [10]
+
+
+def test_refresh_follows_a_growing_trace(tmp_path):
+    import shutil
+    import time
+
+    from synthetic import make_trace, write_store
+
+    full = make_trace(level="writes", seed=4, n_segments=64)
+    write_store(full.isel(segment=slice(0, 32)), tmp_path / "grow.zarr")
+    app = build_app(str(tmp_path), trace="grow.zarr", sync_url=False)
+    st = app.store
+    st.segment = st.n_segments - 1  # watching the end
+    assert st.refresh() is False  # nothing new
+    time.sleep(0.01)
+    shutil.rmtree(tmp_path / "grow.zarr")
+    write_store(full, tmp_path / "grow.zarr")  # more segments committed
+    write_store(full.isel(segment=slice(0, 8)), tmp_path / "new.zarr")  # and a new trace appeared
+    assert st.refresh() is True
+    assert st.n_segments == 64 and st.segment == 63 and st._segment.end == 63 and st._segment.value == 63
+    assert "new.zarr" in st._trace_select.options.values()
+    assert "segment 63" in app.views["assoc"].pane.object.layout.title.text

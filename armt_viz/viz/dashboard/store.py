@@ -204,14 +204,13 @@ class TraceStore(Viewer):
         n_seg = max(_data.n_segments(ds), 1)
         following = self.segment >= old_n - 1
         self.ds = ds
-        with param.parameterized.batch_call_watchers(self):
-            self.stamp = stamp
-            self.param.segment.bounds = (0, n_seg - 1)
-            if following:
-                self.segment = n_seg - 1
-        for widget in (self._segment, self._segment_slider):
-            widget.param.update(end=max(n_seg - 1, 1 if widget is self._segment_slider else 0),
-                                **({"disabled": n_seg < 2} if widget is self._segment_slider else {}))
+        # widen the controls first: a widget refuses a value beyond its end
+        self.param.segment.bounds = (0, n_seg - 1)
+        self._segment.param.update(end=n_seg - 1)
+        self._segment_slider.param.update(end=max(n_seg - 1, 1), disabled=n_seg < 2)
+        self.stamp = stamp
+        if following:
+            self.segment = n_seg - 1
         self._refresh_facts()
         self.param.trigger("version")
         return n_seg != old_n
