@@ -36,7 +36,7 @@ def default_tokens(model, segment_size: int) -> int:
     from armt_viz.training_range import trained_range
 
     rng = trained_range(model)
-    return rng.limit * segment_size if rng is not None and rng.limit else DEMO_TOKENS
+    return rng.limit * segment_size if rng is not None and rng.limit and rng.limit >= 1 else DEMO_TOKENS
 
 
 def demo_store_path(trace_root: str | Path, tokens: int, seed: int = DEMO_SEED) -> Path:

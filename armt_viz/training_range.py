@@ -5,7 +5,8 @@ trained on and the range where its recall was measured good::
 
     "trained_range": {
         "max_segments_trained": 51,           # longest training sample, in segments
-        "recall_exact_up_to_segments": 200,   # recall measured (near-)exact up to here, in segments
+        "recall_exact_up_to_segments": 200,   # recall measured (near-)exact up to here, in segments (0: nowhere)
+        "carried_memory": false,               # optional: trained with memory carried across windows
         "source": "MODEL_CARD.md, 'Long streams'"
     }
 
@@ -41,15 +42,20 @@ class TrainedRange:
     max_segments_trained: int | None = None
     recall_exact_up_to_segments: int | None = None
     source: str = ""
+    carried_memory: bool = False  # trained with memory carried across windows (truncated BPTT)
 
     @property
     def limit(self) -> int | None:
-        """Segments past which a run is out of range: the measured recall range, else the trained one."""
-        return self.recall_exact_up_to_segments or self.max_segments_trained
+        """Segments past which a run is out of range: the measured recall range, else the trained window (not
+        when the memory was carried across windows: then the window does not bound what the model saw)."""
+        if self.recall_exact_up_to_segments is not None:
+            return self.recall_exact_up_to_segments
+        return None if self.carried_memory else self.max_segments_trained
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_segments_trained": self.max_segments_trained,
-                "recall_exact_up_to_segments": self.recall_exact_up_to_segments, "source": self.source}
+                "recall_exact_up_to_segments": self.recall_exact_up_to_segments, "source": self.source,
+                "carried_memory": self.carried_memory}
 
 
 def range_from_mapping(meta: Mapping[str, Any] | None) -> TrainedRange | None:
@@ -61,13 +67,13 @@ def range_from_mapping(meta: Mapping[str, Any] | None) -> TrainedRange | None:
     if not meta:
         return None
     out = {}
-    for name in ("max_segments_trained", "recall_exact_up_to_segments"):
+    for name, low in (("max_segments_trained", 1), ("recall_exact_up_to_segments", 0)):
         v = meta.get(name)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"trained_range.{name} must be a positive integer (segments), got {v!r}; "
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+            raise ValueError(f"trained_range.{name} must be an integer >= {low} (segments), got {v!r}; "
                              "fix the model's task.json")
         out[name] = v
-    return TrainedRange(**out, source=str(meta.get("source", "")))
+    return TrainedRange(**out, source=str(meta.get("source", "")), carried_memory=bool(meta.get("carried_memory")))
 
 
 def _folder(model_or_dir) -> Path | None:
@@ -91,7 +97,11 @@ def trained_range(model_or_dir) -> TrainedRange | None:
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and meta.get(RANGE_KEY):
-            return range_from_mapping(meta[RANGE_KEY])
+            try:
+                return range_from_mapping(meta[RANGE_KEY])
+            except ValueError as exc:  # bad card metadata must not stop a recording: say so, check nothing
+                warnings.warn(f"{path}: {exc}", UserWarning, stacklevel=2)
+                return None
     return None
 
 
@@ -100,6 +110,8 @@ def check_range(rng: TrainedRange | None, n_segments: int) -> str | None:
     if rng is None or rng.limit is None or n_segments <= rng.limit:
         return None
     parts = []
+    if rng.recall_exact_up_to_segments == 0:
+        parts.append("recall was not measured good at any length")
     if rng.max_segments_trained:
         parts.append(f"trained on at most {rng.max_segments_trained:,} segments")
     if rng.recall_exact_up_to_segments:
