@@ -264,12 +264,12 @@ def control_changes(root: Path, name: str, repeats: int, seed: int = 1) -> dict[
 def fact_attribution(root: Path, name: str, repeats: int, seed: int = 2) -> list[float]:
     """Seconds until the Facts view's recall attribution (12 recalls over all earlier writes) is complete for a
     fact not computed before (the part of a fact or layer change that runs in the background)."""
-    from armt_viz.viz import data as _data
     from armt_viz.viz.dashboard import loaders
 
     path = str((root / name).resolve())
     stamp = loaders.stamp_of(path)
-    facts = _data.fact_table(loaders.load_ledger(path, stamp), 0)["fact_id"].to_numpy()
+    led = loaders.load_ledger(path, stamp)
+    facts = np.unique(led.loc[(led["fact_id"] >= 0) & (led["sample"] == 0), "fact_id"].to_numpy())
     rng = np.random.default_rng(seed)
     out = []
     for fact in rng.choice(facts, size=repeats, replace=False):
