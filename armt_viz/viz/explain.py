@@ -31,7 +31,7 @@ HOW_TO_READ = {
                "(0-1), correction γ and the norms of key and value (unitless L2 norms)."),
     "fact": ("How to read: top, the values the selected key (fact) held over segments (bars: while current), its "
              "writes and its recalls colored by outcome; bottom, each recall's read-out split over earlier writes "
-             "as signed projections (hover the axis title for the formula)."),
+             "as signed projections (hover the panel title for the formula)."),
     "stale": ("How to read: top, per key and time bucket, the fraction of probed recalls that returned an older "
               "value; bottom, the share of recalls per outcome over time (%), grey: what a uniform guess over the "
               "value set would score on the same queries."),

@@ -65,7 +65,7 @@ def fact_lifecycle_figure(events: pd.DataFrame, recalls: pd.DataFrame | None = N
     height = max(height, top_px + bottom_px + gap_px + margins_px)
     plot_px = height - margins_px
     spec = FigureSpec(2, 1, row_heights=[top_px, plot_px - gap_px - top_px], vertical_spacing=gap_px / plot_px)
-    spec.row_title("read-out of each recall, split over writes (signed projection; hover here)<br>"
+    spec.row_title("each recall's read-out split over writes (signed; hover: formula)<br>"
                    + " · ".join(f"<span style='color:{STATUS_COLORS[k]}'>■</span> {text}" for k, text in
                                 (("current", "current value"), ("stale", "older values"), ("other", "other keys"))), 2)
     spec.annotations[-1].update(hovertext=SIGNED_SHARE_FORMULA, captureevents=True)
