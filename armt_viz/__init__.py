@@ -11,6 +11,7 @@ machines without a model):
     attribute_read                           exact read attribution (no torch); by="origin": delta-rule exact
     memory_by_origin                         A split by the status of its origins (no torch)
     explore                                  ipywidgets explorer
+    compare                                  two traces side by side (plotly figure)
     load_demo_model                          the shipped trained model
 """
 
@@ -44,6 +45,7 @@ _LAZY = {
     "attribute_read": "armt_viz.analysis",
     "memory_by_origin": "armt_viz.analysis",
     "explore": "armt_viz.viz.explorer",
+    "compare": "armt_viz.viz.figures_compare",
     "load_demo_model": "armt_viz.assets",
 }
 

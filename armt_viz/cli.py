@@ -7,6 +7,9 @@
     armt-viz eval     evaluate a model on a task, one JSON line
     armt-viz bench    run the benchmarks in bench/
     armt-viz study    stale-keys: the stale-key study (report.html, study.zarr, figures/*.png)
+
+A user error (a bad value, a missing model folder, a run too large for the disk) prints one line
+``armt-viz <command>: error: ...`` and exits 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -25,8 +28,19 @@ def _int_or_auto(v: str):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {v!r}") from None
 
 
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="armt-viz", description="Analysis and visualization of ARMT memory.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="record the shipped model on a long stream and serve the dashboard")
@@ -38,10 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", help="record a trace")
     r.add_argument("--model", default="demo", help="'demo' or a folder written by save_pretrained")
-    r.add_argument("--task", default="stream", choices=["stream", "ar-remember", "ar-rewrite", "babi"])
-    r.add_argument("--tokens", type=int, default=100_000)
+    r.add_argument("--task", default="stream", choices=["stream", "ar-remember", "ar-rewrite"])
+    r.add_argument("--tokens", type=_positive, default=100_000)
     r.add_argument("--store", required=True, help="output zarr store path")
-    r.add_argument("--level", default="summary", choices=["summary", "writes", "full"])
+    r.add_argument("--level", default="auto", choices=["auto", "summary", "writes", "full"],
+                   help="'auto' (default): 'writes' when the estimated trace fits the size budget it prints, "
+                        "else 'summary'")
+    r.add_argument("--probes", default="queries", metavar="queries|every:N|none",
+                   help="where to keep probe reads: at every query's GEN token (default), every N-th token, "
+                        "or none")
     r.add_argument("--keyframe-every", type=_int_or_auto, default="auto",
                    help="segments between (A, z) keyframes, or 'auto' (64 unless the memory is large)")
     r.add_argument("--storage-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -75,12 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model on a task; prints one JSON line")
     e.add_argument("--model", default="demo")
     e.add_argument("--task", default="ar-rewrite", choices=["ar-remember", "ar-rewrite", "stream", "babi"])
-    e.add_argument("--pairs", type=int, default=10)
+    e.add_argument("--pairs", type=_positive, default=10,
+                   help="AR: pairs n; stream: segments per stream; bAbI: facts per story")
     e.add_argument("--key-size", type=int, default=1)
     e.add_argument("--value-size", type=int, default=1)
-    e.add_argument("--samples", type=int, default=500)
+    e.add_argument("--samples", type=_positive, default=500)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--batch-size", type=_positive, default=250)
     e.add_argument("--device", default="auto")
     e.add_argument("--ablate-memory", action="store_true")
     e.add_argument("--json", action="store_true")
@@ -100,12 +120,32 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run benchmarks (prints ratio tables)")
     b.add_argument("names", nargs="*", help="benchmarks to run (default: all CPU ones)")
+    for command in sub.choices.values():  # `--debug` also after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return p
+
+
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                MemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    kw = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        return _run(args)
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            text = f"out of memory ({text}); use a smaller run"
+        sys.stderr.write(f"armt-viz {args.command}: error: {text} (--debug for the traceback)\n")
+        return 2
+
+
+def _run(args) -> int:
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(**kw) or 0
@@ -120,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_train(**kw) or 0
     if args.command == "eval":
         from .evaluate import run_eval
-        result = run_eval(**kw)
+        result = run_eval(**kw, progress=True)
         out = json.dumps(result, sort_keys=True)
         sys.stdout.write(out + "\n") if args.json else sys.stdout.write(
             "\n".join(f"{k}: {v}" for k, v in result.items()) + "\n")

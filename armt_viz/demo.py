@@ -4,7 +4,7 @@ Steps (issue 6, item 5):
 
 1. load the shipped stream model (``armt_viz.assets.load_demo_model``) and the stream settings it was trained
    on (``demo_stream_config``);
-2. generate the stream (``armt_viz.tasks.stream``, with its fact ledger) and record it at level ``writes`` with
+2. generate the stream (default length: the model's measured range, ``default_tokens``) (``armt_viz.tasks.stream``, with its fact ledger) and record it at level ``writes`` with
    probes at every query's GEN token (the token that predicts the answer), with a progress bar;
 3. serve the dashboard over the trace root on http://127.0.0.1:5006.
 
@@ -23,10 +23,20 @@ __all__ = ["run_demo", "DEMO_TOKENS", "demo_store_path"]
 
 log = logging.getLogger(__name__)
 
-# The longest stream this 2-core CPU records in about 3 minutes with the shipped model (4-token segments,
-# ~3.3 ms per segment at level 'writes' with a probe per query, one thread); `--tokens 1048576` records 1M.
+# Default length: the range where the shipped model's recall was measured good (task.json "trained_range":
+# recall_exact_up_to_segments x segment_size; 200 x 4 = 800 tokens for the AR model), so the demo shows a run the
+# model handles; DEMO_TOKENS only when a model declares no range. Longer runs (`--tokens 1048576`) work and are
+# flagged as beyond the model's range (armt_viz.training_range).
 DEMO_TOKENS = 200_000
 DEMO_SEED = 0
+
+
+def default_tokens(model, segment_size: int) -> int:
+    """Tokens of the default demo run: the model's measured range in tokens, else ``DEMO_TOKENS``."""
+    from armt_viz.training_range import trained_range
+
+    rng = trained_range(model)
+    return rng.limit * segment_size if rng is not None and rng.limit and rng.limit >= 1 else DEMO_TOKENS
 
 
 def demo_store_path(trace_root: str | Path, tokens: int, seed: int = DEMO_SEED) -> Path:
@@ -67,10 +77,14 @@ def run_demo(tokens: int | None = None, trace_root: str = "runs", port: int = 50
              "`armt-viz serve --trace-root DIR` serves traces you already have.")
         return 1
     from armt_viz.record import record
+    from armt_viz.record.run import query_probes
     from armt_viz.tasks.stream import make_stream
+    from armt_viz.training_range import check_range, trained_range
 
     size = cfg.segment_size
-    n = max((tokens or DEMO_TOKENS) // size, 1) * size
+    n = max((tokens or default_tokens(model, size)) // size, 1) * size
+    if beyond := check_range(trained_range(model), n // size):
+        _say(f"armt-viz demo: warning: {beyond}")
     root = Path(trace_root)
     root.mkdir(parents=True, exist_ok=True)
     store = demo_store_path(root, n, DEMO_SEED)
@@ -82,9 +96,7 @@ def run_demo(tokens: int | None = None, trace_root: str = "runs", port: int = 50
              f"({'resuming' if commit else 'first run'}; cached afterwards)")
         stream = make_stream(cfg, n)
         ledger = stream.ledger
-        roles = ledger["role"].values
-        gen_tokens = ledger["token"].values[roles == "answer"] - 1  # GEN predicts the answer's first token
-        probes = [(0, int(t)) for t in gen_tokens if 0 <= t < n]
+        probes = query_probes(ledger, n)  # GEN predicts the answer's first token
         # keyframes every 64 segments (not "auto"): the dashboard rebuilds A from at most 64 segments of writes
         record(model, stream.input_ids[None, :], store=str(store), level="writes", probes=probes,
                ledger=ledger, keyframe_every=64, resume=bool(commit), storage_dtype="float16", progress=True,

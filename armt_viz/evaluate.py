@@ -44,14 +44,19 @@ def load_model(model, task: str = "ar-rewrite", device=None):
     folder holding `checkpoint/`), or an `ARMTModel`. Returns the model in eval mode on `device`."""
     from .model.armt import ARMTModel
 
+    from ._usage import check_model_spec
+
     if isinstance(model, ARMTModel):
         m = model
     elif model == "demo":
+        from ._usage import UsageError
         from .assets import load_demo_model
         if task == "babi":
-            raise ValueError("no demo model is shipped for the bAbI task; pass --model PATH of a model trained on it")
+            raise UsageError("--task babi: no demo model is shipped for bAbI; pass --model PATH of a model "
+                             "trained on it (armt-viz train does not train bAbI yet)")
         m = load_demo_model("ar" if task.startswith("ar") else "stream")
     else:
+        check_model_spec(model)
         p = Path(model)
         if (p / "checkpoint" / "config.json").exists():
             p = p / "checkpoint"
@@ -72,6 +77,29 @@ def _segment_size(model, size: int):
         model.config = old
 
 
+def _progress(it, on: bool, desc: str, step: int, total: int):
+    """``it`` (batch starts) with a tqdm bar on stderr counting samples when ``on``."""
+    if not on:
+        return it
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="sample")
+
+    def gen():
+        try:
+            for s in it:
+                yield s
+                bar.update(min(step, total - s))
+        finally:
+            bar.close()
+    return gen()
+
+
+def chance_exact_match(value_size: int = 1, n_values: int = 16) -> float:
+    """Exact match of a uniform guess over the ``n_values ** value_size`` values (the EOS taken as given)."""
+    return float(n_values) ** -int(value_size)
+
+
 def _ablated(model, on: bool):
     return model.ablate_memory() if on else contextlib.nullcontext()
 
@@ -79,7 +107,7 @@ def _ablated(model, on: bool):
 # ----------------------------------------------------------------------------------------------- AR
 def ar_exact_match(model, n_pairs: int, key_size: int = 1, value_size: int = 1, *, samples: int = 500,
                    rewrite: bool = True, seed: int = 0, batch_size: int = 250, device=None,
-                   ablate_memory: bool = False) -> np.ndarray:
+                   ablate_memory: bool = False, progress: bool = False) -> np.ndarray:
     """Per-sample official exact match (bool array of length `samples`) on `make_ar_batch(n_pairs, ...)`.
 
     The samples depend only on (n_pairs, key_size, value_size, samples, rewrite, seed), not on batch_size.
@@ -91,7 +119,7 @@ def ar_exact_match(model, n_pairs: int, key_size: int = 1, value_size: int = 1, 
     data = make_ar_batch(n_pairs, key_size, value_size, batch_size=samples, rewrite=rewrite, seed=seed)
     gens = []
     with torch.no_grad(), _segment_size(model, data.segment_size), _ablated(model, ablate_memory):
-        for s in range(0, samples, batch_size):
+        for s in _progress(range(0, samples, batch_size), progress, f"eval AR n={n_pairs}", batch_size, samples):
             ids = torch.as_tensor(data.prompt_ids[s:s + batch_size], device=dev)
             out = model.generate(ids, max_new_tokens=data.max_new_tokens, do_sample=False, pad_token_id=EOS)
             g = out.cpu().numpy()
@@ -155,7 +183,7 @@ def _answer_rows(ledger: xr.Dataset) -> xr.Dataset:
 
 
 def stream_exact_match(model, stream_config, n_segments: int, *, samples: int = 32, seed: int = 0, device=None,
-                       batch_size: int = 64, ablate_memory: bool = False) -> dict[str, Any]:
+                       batch_size: int = 64, ablate_memory: bool = False, progress: bool = False) -> dict[str, Any]:
     """EM over every query of `samples` fresh streams of `n_segments` segments (stream seeds seed..seed+samples-1).
 
     Returns {"exact_match", "n_queries", "exact_match_none" (queries whose answer is NONE), "n_none"}.
@@ -168,7 +196,7 @@ def stream_exact_match(model, stream_config, n_segments: int, *, samples: int = 
     S = cfg.segment_size
     hits, none = [], []
     with torch.no_grad(), _segment_size(model, S), _ablated(model, ablate_memory):
-        for s in range(0, samples, batch_size):
+        for s in _progress(range(0, samples, batch_size), progress, "eval stream", batch_size, samples):
             chunks = [make_stream(dataclasses.replace(cfg, seed=seed + i), n_segments * S)
                       for i in range(s, min(samples, s + batch_size))]
             ids = torch.as_tensor(np.stack([c.input_ids for c in chunks]), device=dev)
@@ -293,9 +321,27 @@ def babi_exact_match(model, config=None, *, samples: int = 200, seed: int = 0, b
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def _chance_fields(res: dict, task: str, value_size: int) -> dict[str, Any]:
+    """``chance`` (EM of a uniform guess over the value set), the Wilson 95% interval of the EM, and whether
+    the two cannot be told apart."""
+    from .analysis.chance import rate_vs_chance
+
+    n = int(res.get("n_queries") or res.get("samples") or 0)
+    em = res.get("exact_match")
+    if task == "babi" or em is None or not n or not np.isfinite(em):
+        return {"chance": None}
+    chance = chance_exact_match(value_size if task != "stream" else
+                                int(res.get("stream_config", {}).get("value_size", 1)))
+    cmp = rate_vs_chance(int(round(em * n)), n, chance)
+    return {"chance": {"exact_match": chance, "basis": "uniform guess over the 16**V values",
+                       "exact_match_ci95": [cmp["low"], cmp["high"]],
+                       "indistinguishable_from_chance": cmp["indistinguishable"]}}
+
+
 def run_eval(model: str = "demo", task: str = "ar-rewrite", pairs: int = 10, key_size: int = 1, value_size: int = 1,
              samples: int = 500, seed: int = 0, batch_size: int = 250, device: str = "auto",
-             ablate_memory: bool = False, json: bool = False) -> dict[str, Any]:  # noqa: A002 (CLI dest name)
+             ablate_memory: bool = False, json: bool = False,  # noqa: A002 (CLI dest name)
+             progress: bool = False) -> dict[str, Any]:
     """`armt-viz eval`: one evaluation, returned as a flat dict with at least `exact_match`.
 
     `pairs` is n for AR, the number of segments per stream for the stream task, and the number of facts per
@@ -303,8 +349,17 @@ def run_eval(model: str = "demo", task: str = "ar-rewrite", pairs: int = 10, key
     """
     import torch
 
+    from ._usage import UsageError
+
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise UsageError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    for name, v in (("pairs", pairs), ("samples", samples), ("batch-size", batch_size), ("key-size", key_size),
+                    ("value-size", value_size)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise UsageError(f"--{name} {v!r}: expected a positive integer")
+    if task == "ar-remember" and pairs > 16 ** key_size:
+        raise UsageError(f"--pairs {pairs} with --task ar-remember: at most 16**key_size = {16 ** key_size} "
+                         "distinct keys exist; use fewer pairs, a larger --key-size, or --task ar-rewrite")
     t0 = time.monotonic()
     torch.manual_seed(seed)
     m = load_model(model, task, device)
@@ -314,18 +369,21 @@ def run_eval(model: str = "demo", task: str = "ar-rewrite", pairs: int = 10, key
                            "checkpoint_sha256": getattr(m, "checkpoint_sha256", None), "device": str(dev)}
     if task.startswith("ar-"):
         em = ar_exact_match(m, pairs, key_size, value_size, samples=samples, rewrite=task == "ar-rewrite",
-                            seed=seed, batch_size=batch_size, device=dev, ablate_memory=ablate_memory)
+                            seed=seed, batch_size=batch_size, device=dev, ablate_memory=ablate_memory,
+                            progress=progress)
         res.update(exact_match=float(em.mean()), key_size=key_size, value_size=value_size,
                    capacity=float(pairs * em.mean()))
     elif task == "stream":
         cfg = model_stream_config(m)
         res.update(stream_exact_match(m, cfg, pairs, samples=samples, seed=seed, device=dev,
-                                      batch_size=min(batch_size, 64), ablate_memory=ablate_memory))
+                                      batch_size=min(batch_size, 64), ablate_memory=ablate_memory,
+                                      progress=progress))
         res["stream_config"] = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "chunk_segments")}
     else:
         from .tasks.babi import BabiConfig
         cfg = BabiConfig(n_facts=pairs, segment_size=m.config.segment_size)
         res["exact_match"] = babi_exact_match(m, cfg, samples=samples, seed=seed, batch_size=min(batch_size, 64),
                                               device=dev, ablate_memory=ablate_memory)
+    res.update(_chance_fields(res, task, value_size))
     res["elapsed_s"] = round(time.monotonic() - t0, 2)
     return res

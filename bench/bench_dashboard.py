@@ -20,7 +20,14 @@ the JSON plotly receives, which is what a session costs the server):
 * in the browser (headless chromium, if present; the page shows the timeline and the two memory views, the other
   views sit in tabs): page load to three rendered plots, and Segment typed -> both memory views redrawn.
 
-Acceptance: first render <= 2 s and segment update <= 300 ms (median, in-process).
+* control change (issue 15): each control (layer, fact, zoom, tab, segment) set, and the figures of the views that
+  show it rebuilt and serialized (the worst of the repeats); as in a served session, the recall attribution of
+  the Facts view runs in the background (its panel says "Attributing N recalls…" until it is done), measured
+  separately as "fact attribution, background";
+* stale-mass overlay, cold: the checkbox switched on with empty caches (stale mass computed, timeline redrawn).
+
+Acceptance: first render <= 2 s warm, <= 4 s cold; segment update <= 300 ms (median, in-process); every control
+change <= 500 ms; stale overlay <= 3 s cold.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ SEG, LAYERS, MEM, D_MEM, HIDDEN, NU = 32, 4, 4, 32, 128, 3
 FEAT = 2 * NU * D_MEM
 KEYFRAME_EVERY, CHUNK = 64, 512
 TARGET_FIRST_S, TARGET_UPDATE_S = 2.0, 0.300
+TARGET_COLD_S, TARGET_CONTROL_S, TARGET_STALE_S = 4.0, 0.500, 3.0  # issue 15
 
 
 # ---------------------------------------------------------------------------------------------- the store
@@ -219,6 +227,70 @@ def segment_updates(root: Path, name: str, segments) -> list[float]:
         _serialize(app)
         out.append(time.perf_counter() - t0)
     return out
+
+
+# every control of the page and the views it redraws (their figures are rebuilt and serialized)
+_CONTROLS = {"layer": ("timeline", "assoc", "writes", "fact", "compare"), "fact": ("timeline", "fact", "stale"),
+             "x_range": ("timeline", "layers"), "tab": (), "segment": ("timeline", "assoc", "writes", "fact",
+                                                                        "stale", "layers")}
+
+
+def control_changes(root: Path, name: str, repeats: int, seed: int = 1) -> dict[str, list[float]]:
+    """Seconds from setting each control to the redrawn, serialized figures of the views that show it."""
+    from armt_viz.viz.dashboard import build_app, loaders
+
+    loaders.BACKGROUND = True  # as served: recall attribution runs on the background thread after the redraw
+    app = build_app(str(root), trace=name, sync_url=False)
+    st = app.store
+    rng = np.random.default_rng(seed)
+    n_seg, n_layer = st.n_segments, st.param.layer.bounds[1] + 1
+    facts = [v for v in st._fact.options.values() if v >= 0]
+    out: dict[str, list[float]] = {k: [] for k in _CONTROLS}
+    for i in range(repeats):
+        lo = float(rng.integers(0, n_seg - 2000))
+        values = {"layer": (st.layer + 1) % n_layer, "fact": int(rng.choice(facts)) if facts else -1,
+                  "x_range": (lo, lo + 1000.0) if i % 2 == 0 else None, "tab": ("memory", "facts", "layers")[i % 3],
+                  "segment": int(rng.integers(0, n_seg))}
+        for control, views in _CONTROLS.items():
+            t0 = time.perf_counter()
+            setattr(st, control, values[control])
+            for v in views:
+                if app.views[v].pane.object is not None:
+                    app.views[v].pane.object.to_json()
+            out[control].append(time.perf_counter() - t0)
+    return out
+
+
+def fact_attribution(root: Path, name: str, repeats: int, seed: int = 2) -> list[float]:
+    """Seconds until the Facts view's recall attribution (12 recalls over all earlier writes) is complete for a
+    fact not computed before (the part of a fact or layer change that runs in the background)."""
+    from armt_viz.viz.dashboard import loaders
+
+    path = str((root / name).resolve())
+    stamp = loaders.stamp_of(path)
+    led = loaders.load_ledger(path, stamp)
+    facts = np.unique(led.loc[(led["fact_id"] >= 0) & (led["sample"] == 0), "fact_id"].to_numpy())
+    rng = np.random.default_rng(seed)
+    out = []
+    for fact in rng.choice(facts, size=repeats, replace=False):
+        t0 = time.perf_counter()
+        loaders.load_attribution(path, stamp, int(fact), 1, 12, 0)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def stale_overlay(root: Path, name: str) -> float:
+    """Seconds to switch the stale-mass row on, cold (empty caches): computed, drawn and serialized."""
+    import panel as pn
+
+    from armt_viz.viz.dashboard import build_app
+
+    app = build_app(str(root), trace=name, sync_url=False)
+    pn.state.clear_caches()
+    t0 = time.perf_counter()
+    app.store.show_stale_mass = True
+    app.views["timeline"].pane.object.to_json()
+    return time.perf_counter() - t0
 
 
 def naive_first_render(root: Path, name: str) -> tuple[float, int]:
@@ -421,6 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cache", default=str(REPO / "runs" / "bench"))
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--no-stale", action="store_true", help="skip the cold stale-mass overlay (slow without a cache)")
     ap.add_argument("--plotly-bundles", type=int, default=0, metavar="LOADS",
                     help="only compare page loads with plotly.js's cartesian and full bundles, LOADS each")
     args = ap.parse_args(argv)
@@ -446,13 +519,20 @@ def main(argv=None) -> int:
     mem_kf = [keyframe_memory(ds, int(s), 1) for s in segs]
     mem_naive = [naive_memory(ds, int(s), 1) for s in segs[: max(3, r // 3)]]
     med = statistics.median
+    controls = control_changes(root, name, max(3, r // 3))
+    stale_cold = stale_overlay(root, name) if not args.no_stale else None
     rows = [
-        ("first render, cold session (s)", med(t for t, _ in cold), med(t for t, _ in naive), TARGET_FIRST_S),
+        ("first render, cold session (s)", med(t for t, _ in cold), med(t for t, _ in naive), TARGET_COLD_S),
         ("first render, warm cache (s)", med(t for t, _ in warm), None, TARGET_FIRST_S),
         ("segment update, 6 views (s)", med(updates), None, TARGET_UPDATE_S),
         ("memory A at a segment (s)", med(mem_kf), med(mem_naive), None),
         ("JSON sent for 6 views (MB)", med(s for _, s in cold) / 1e6, med(s for _, s in naive) / 1e6, None),
     ]
+    rows += [(f"control change: {k} (s, max)", max(v), None, TARGET_CONTROL_S) for k, v in controls.items()]
+    rows.append(("fact attribution, background (s)", med(fact_attribution(root, name, max(3, r // 3))), None,
+                 None))
+    if stale_cold is not None:
+        rows.append(("stale-mass overlay, cold (s)", stale_cold, None, TARGET_STALE_S))
     if not args.no_browser:
         bt = browser_times(root, name, r)
         if bt:

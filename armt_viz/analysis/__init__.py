@@ -13,6 +13,7 @@ accessor, which forwards to the same functions.
     memory_by_origin                   A split by the status of its origins (current/superseded/other/no-fact)
     fact_residual                      per fact: old versions' and other facts' shares of a read at its keys
     answer_status                      current / stale / other / wrong answers (probes or probe_keys output)
+    chance_baseline, answer_chance     what a uniform guess would score in each class; rate_vs_chance, wilson_interval
     fact_lineage                       versions, supersessions, recalls and their attribution of a fact
     key_overlap, retrieval_snr         interference between write keys; recall signal-to-noise
     correction_distribution            histogram of gamma
@@ -29,6 +30,7 @@ from ._common import config_of, head_mask, json_attr
 from ._ledger import Facts, facts_of, ledger_of
 from .answers import ANSWER_CLASSES, answer_status
 from .attribution import attribute_read, probe_read
+from .chance import CHANCE_CLASSES, answer_chance, chance_baseline, rate_vs_chance, wilson_interval
 from .capacity import capacity, effective_rank, memory_spectrum
 from .interference import correction_distribution, key_overlap, retrieval_snr
 from .lineage import fact_lineage
@@ -44,7 +46,12 @@ __all__ = [
     "facts_of",
     "json_attr",
     "ledger_of",
+    "CHANCE_CLASSES",
+    "answer_chance",
     "answer_status",
+    "chance_baseline",
+    "rate_vs_chance",
+    "wilson_interval",
     "attribute_read",
     "capacity",
     "correction_distribution",

@@ -19,6 +19,7 @@ result is lazy and computed chunk by chunk along `segment`, so a 10M-token trace
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ from ._common import as_numpy, check_trace, config_of, core_single_chunk, featur
 from ._common import per_run
 from ._ledger import STATUS, Facts, facts_of, ledger_of
 
-__all__ = ["attribute_read", "probe_read", "ProbeRead"]
+__all__ = ["EmptyReadWarning", "attribute_read", "probe_read", "ProbeRead"]
 
 Kind = Literal["share", "vector", "denominator"]
 By = Literal["write", "origin", "segment", "mem_token", "fact", "status"]
@@ -80,6 +81,23 @@ def probe_read(ds: xr.Dataset, probe: int, layer: int) -> ProbeRead:
     if not 0 <= int(layer) < n_layer:
         raise IndexError(f"layer={layer} is out of range: the trace has {n_layer} layer(s) (0..{n_layer - 1})")
     return ProbeRead(ds, probe, layer, config_of(ds))
+
+
+class EmptyReadWarning(UserWarning):
+    """``attribute_read`` was asked about a read that has nothing to attribute."""
+
+
+def _warn_if_empty(read: ProbeRead) -> None:
+    """Say why a probe's read has nothing to split: no write before it, or a zero read-out."""
+    if read.segment == 0:
+        reason = ("the probe sits in segment 0, before any write, so the memory it reads is empty and every share "
+                  "is 0")
+    elif not read.norm > 0:
+        reason = f"its read-out is zero (|r| = {read.norm:g}), so every share is 0"
+    else:
+        return
+    warnings.warn(f"attribute_read(probe={read.probe}, layer={read.layer}): nothing to attribute: {reason}; pick a "
+                  "probe in a later segment (ds.probe_segment > 0)", EmptyReadWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -214,6 +232,7 @@ def attribute_read(
     check_trace(ds, _NEEDS + (("write_correction",) if kind == "denominator" else ()), "attribute_read")
     config = config_of(ds)
     read = probe_read(ds, probe, layer)
+    _warn_if_empty(read)
     segments = segment_positions(ds, read.segment)
     terms = write_terms(ds, read, segments, kind, config)  # (segment, mem_token[, hidden | head])
     seg_index = as_numpy(ds["segment"])[segments] if "segment" in ds.variables else np.arange(read.segment)

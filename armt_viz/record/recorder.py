@@ -33,6 +33,7 @@ from ..model.armt import ARMTModel, MemoryState
 from ..model.steps import pick_step
 from ..trace.io import open_trace
 from ..trace.schema import LEVEL_RANK, variables_for
+from ..training_range import trained_range, warn_if_beyond
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import GraphRows, graph_record_why_not
 from .flusher import BackgroundFlusher
@@ -106,7 +107,14 @@ def _provenance(model: ARMTModel, rc: RecordConfig, inp: RecordInput, seed, desc
                                 "transformers": transformers.__version__, "xarray": xr.__version__,
                                 "zarr": zarr.__version__, "python": platform.python_version()}),
         "segment_size": model.config.segment_size,
+        "trained_range": _range_attr(model),
     }
+
+
+def _range_attr(model: ARMTModel) -> str:
+    """The model's declared training range as JSON ('' when none), so views can flag runs past it."""
+    rng = trained_range(model)
+    return json.dumps(rng.to_dict(), sort_keys=True) if rng is not None else ""
 
 
 def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyframe_every: int | str = "auto",
@@ -148,6 +156,8 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
                       chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
     inp = _as_input(inputs, ledger)
+    if inp.total_tokens:  # a run past the model's declared range (task.json "trained_range") is flagged
+        warn_if_beyond(model, inp.total_tokens // model.config.segment_size)
     if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
             and int(inp.ledger.attrs["segment_size"]) != model.config.segment_size:
         raise ValueError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,8 @@ __all__ = [
     "SCALAR_VARS", "TIMELINE_VARS", "LEDGER_COLUMNS", "MemoryUnavailable", "trace_level", "n_layers",
     "n_segments", "series", "layer_series", "scalar_table", "attribution_inputs", "ledger_frame", "fact_table",
     "probe_counts", "fact_choices", "pick_fact", "fact_events", "fact_recalls", "sample_probes", "token_stream",
-    "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series",
+    "probe_frame", "segment_writes", "memory_matrix", "recall_attribution", "stale_mass_series", "probe_chance",
+    "segment_tokens",
 ]
 
 log = logging.getLogger(__name__)
@@ -397,6 +399,7 @@ def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_rec
         return None, "No recall of this fact was probed."
     try:
         from armt_viz.analysis import attribute_read
+        from armt_viz.analysis.attribution import EmptyReadWarning
     except ImportError:
         return None, "Attribution needs armt_viz.analysis.attribute_read, which is not installed."
     probes = probes.sort_values("segment")
@@ -404,14 +407,16 @@ def recall_attribution(ds: xr.Dataset, probes: pd.DataFrame, layer: int, max_rec
     rows = []
     for _, p in probes.iloc[pick].iterrows():
         try:
-            if int(p["segment"]) <= ORIGIN_MAX_SEGMENTS:  # the origin view: exact under the delta rule
-                by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="origin", ledger=ledger)
-                by = by.groupby("status").sum()
-                # superseded versions' surviving values -> "stale"; other keys and no-fact origins -> "other"
-                names = {"current": "current", "superseded": "stale", "other": "other", "no-fact": "other"}
-            else:  # too long for an interactive forward/backward scan: the per-write view
-                by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
-                names = {"current": "current", "stale": "stale", "other": "other"}
+            with warnings.catch_warnings():  # an empty read (segment 0) is drawn as such, not warned about
+                warnings.simplefilter("ignore", EmptyReadWarning)
+                if int(p["segment"]) <= ORIGIN_MAX_SEGMENTS:  # the origin view: exact under the delta rule
+                    by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="origin", ledger=ledger)
+                    by = by.groupby("status").sum()
+                    # superseded versions' surviving values -> "stale"; other keys and no-fact origins -> "other"
+                    names = {"current": "current", "superseded": "stale", "other": "other", "no-fact": "other"}
+                else:  # too long for an interactive forward/backward scan: the per-write view
+                    by = attribute_read(ds, probe=int(p["probe"]), layer=int(layer), by="status", ledger=ledger)
+                    names = {"current": "current", "stale": "stale", "other": "other"}
             total = float(by.attrs.get("read_out_norm", float(by.sum())))
             values = {}
             for k, v in zip(by["status"].values, np.asarray(by.values)):
@@ -463,3 +468,31 @@ def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0) -> tuple[xr.D
     # the surviving stale mass (origin view, exact under the delta rule); the dask graph is culled to this layer
     da = stale_mass(ds, method="origin").isel(sample=sample, layer=layer).load()
     return da.assign_coords(segment=_segment_coord(ds)).rename("stale_mass"), None
+
+
+def probe_chance(ds: xr.Dataset) -> pd.DataFrame | None:
+    """Per probe, the probability that a uniform guess over the value set lands in each outcome class
+    (``armt_viz.analysis.answer_chance``; its ``current`` is this module's ``correct``): columns probe, correct,
+    stale, other, wrong (NaN where the probe predicts no answer token). None when the trace has no ledger or
+    probes to compare with."""
+    if "ledger_role" not in ds or "probe_token" not in ds or "probe" not in ds.dims:
+        return None
+    from ..analysis.chance import answer_chance
+
+    try:
+        per = answer_chance(ds)
+    except (ValueError, KeyError) as exc:
+        log.warning("no chance baseline for this trace: %s", exc)
+        return None
+    frame = pd.DataFrame(per.values, columns=[("correct" if c == "current" else str(c))
+                                              for c in per["answer_class"].values])
+    frame.insert(0, "probe", np.arange(len(frame)))
+    return frame
+
+
+def segment_tokens(ds: xr.Dataset, segment: int, sample: int = 0) -> np.ndarray:
+    """The token ids of one segment (padding -1 dropped)."""
+    if "tokens" not in ds:
+        return np.zeros(0, dtype=np.int64)
+    row = np.asarray(ds["tokens"].isel(sample=sample, segment=segment).values, dtype=np.int64)
+    return row[row >= 0]

@@ -51,6 +51,7 @@ class Explorer:
         self._layer_series = lru_cache(maxsize=None)(lambda name, sample: _data.layer_series(ds, name, sample))
         self.ledger = _data.ledger_frame(ds)
         self.probes = _data.probe_frame(ds, self.ledger)  # every sample's; the figures take the selected one's
+        self.chance = _data.probe_chance(ds)  # per probe, the outcome mix of a uniform guess (chance lines)
         self._attribution = lru_cache(maxsize=64)(self._load_attribution)
         self._quiet = False  # True while the Fact options are replaced (no redraw per intermediate value)
         style = {"description_width": "64px"}
@@ -126,7 +127,7 @@ class Explorer:
                       for n in _data.TIMELINE_VARS if n in ds}
             events = _data.fact_events(self.ledger, fact, sample) if fact_or_none is not None else None
             return timeline_figure(series, segment=segment, probes=self.sample_probes, fact_events=events,
-                                   fact=fact_or_none, subtitle=f"layer {layer}")
+                                   fact=fact_or_none, subtitle=f"layer {layer}", chance=self.chance)
         if name == "assoc":
             try:
                 a, z, how = _data.memory_matrix(ds, segment, layer, sample)
@@ -151,7 +152,7 @@ class Explorer:
             if (message := missing_probes(self.probes, sample)) is not None:
                 return message_figure("Stale answers over time", message)
             return stale_answers_figure(self.sample_probes, n_segments=_data.n_segments(ds), segment=segment,
-                                        fact=fact_or_none)
+                                        fact=fact_or_none, chance=self.chance)
         if name == "layers":
             series = {n: self._layer_series(n, sample) for n in LAYER_COMPARISON_VARS if n in ds}
             return layer_comparison_figure(series, segment=segment)

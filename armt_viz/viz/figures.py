@@ -48,10 +48,11 @@ LAYER_COMPARISON_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "re
 
 def message_figure(title: str, message: str, height: int = 320) -> go.Figure:
     """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace")."""
-    from ._style import finish
+    from ._style import finish, wrap
 
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    # wrapped so a long message is not cut off by a narrow pane
+    fig.add_annotation(text=wrap(message, 56), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#5F6368"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -94,7 +95,7 @@ def timeline(ds: xr.Dataset, layer: int = 0, *, sample: int = 0, segment: int | 
     probes = _data.sample_probes(_data.probe_frame(ds, ledger), sample)
     events = _data.fact_events(ledger, fact, sample) if fact is not None else None
     return timeline_figure(series, x_range=x_range, n_pixels=n_pixels, segment=segment, probes=probes,
-                           fact_events=events, fact=fact, subtitle=f"layer {layer}")
+                           fact_events=events, fact=fact, subtitle=f"layer {layer}", chance=_data.probe_chance(ds))
 
 
 def layer_comparison(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None, x_range=None,
@@ -145,4 +146,4 @@ def stale_answers(ds: xr.Dataset, *, sample: int = 0, segment: int | None = None
     if (message := missing_probes(probes, sample)) is not None:
         return message_figure("Stale answers over time", message)
     return stale_answers_figure(_data.sample_probes(probes, sample), n_segments=_data.n_segments(ds),
-                                segment=segment, fact=fact)
+                                segment=segment, fact=fact, chance=_data.probe_chance(ds))

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from ._spec import FigureSpec
 from ._style import EVENT_STYLE, OUTCOME_COLORS, STATUS_COLORS
+from .explain import SIGNED_SHARE_FORMULA, chance_sentence
 
 __all__ = ["fact_lifecycle_figure", "stale_answers_figure"]
 
@@ -64,9 +65,10 @@ def fact_lifecycle_figure(events: pd.DataFrame, recalls: pd.DataFrame | None = N
     height = max(height, top_px + bottom_px + gap_px + margins_px)
     plot_px = height - margins_px
     spec = FigureSpec(2, 1, row_heights=[top_px, plot_px - gap_px - top_px], vertical_spacing=gap_px / plot_px)
-    spec.row_title("what each recall read: share of |read-out| from writes of<br>"
+    spec.row_title("each recall's read-out split over writes (signed; hover: formula)<br>"
                    + " · ".join(f"<span style='color:{STATUS_COLORS[k]}'>■</span> {text}" for k, text in
                                 (("current", "current value"), ("stale", "older values"), ("other", "other keys"))), 2)
+    spec.annotations[-1].update(hovertext=SIGNED_SHARE_FORMULA, captureevents=True)
     status = np.where(label == "deleted", "deleted", np.where(valid_to < 0, "current", "superseded"))
     for name, color in (("current", STATUS_COLORS["current"]), ("superseded", "#F2C879"), ("deleted", "#C5C9CE")):
         sel = status == name
@@ -113,9 +115,10 @@ def fact_lifecycle_figure(events: pd.DataFrame, recalls: pd.DataFrame | None = N
             spec.add(dict(type="bar", x=labels, y=attribution[status_name].to_numpy(), name=status_name,
                           showlegend=False, marker_color=STATUS_COLORS[status_name],
                           customdata=attribution["probe"].to_numpy(),
-                          hovertemplate=f"{status_name}: %{{y:.1%}} of |read-out|<extra>recall at segment %{{x}}"
+                          hovertemplate=f"{status_name}: %{{y:.1%}} of the read-out (signed projection)"
+                                        "<extra>recall at segment %{x}"
                                         " · probe %{customdata}</extra>"), 2)
-        spec.yaxis(2, 1, title=dict(text="share of |read-out|"), tickformat=".0%")
+        spec.yaxis(2, 1, title=dict(text="signed share of read-out [%]"), tickformat=".0%")
         spec.xaxis(2, 1, title=dict(text="recall (segment of the probe)"), type="category")
     else:
         spec.xaxis(2, 1, visible=False)
@@ -139,8 +142,10 @@ def fact_lifecycle_figure(events: pd.DataFrame, recalls: pd.DataFrame | None = N
 
 
 def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int = 96, max_keys: int = 64,
-                         segment: int | None = None, fact: int | None = None, height: int = 540) -> go.Figure:
-    """Stale answers over time: key x segment-bucket heatmap of the fraction of recalls answering an older value.
+                         segment: int | None = None, fact: int | None = None, chance: pd.DataFrame | None = None,
+                         height: int = 560) -> go.Figure:
+    """Stale answers over time: key x segment-bucket heatmap of the fraction of recalls answering an older value,
+    and the share of recalls per outcome over time beside the chance level of each.
 
     Args:
         recalls: ``data.probe_frame`` (fact_id, segment, outcome); probes at no fact are ignored.
@@ -148,6 +153,8 @@ def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int 
         n_bins: time buckets; each cell is the stale fraction of that key's recalls in the bucket (blank: none).
         max_keys: the keys with the most recalls are shown, at most this many.
         fact: the selected key (outlined).
+        chance: ``data.probe_chance`` (per probe, the probability that a uniform guess lands in each outcome);
+            drawn as a grey line of the same dash beside each outcome's share, and summarised in the subtitle.
     """
     spec = FigureSpec(2, 1, row_heights=[0.68, 0.32], shared_x=True, vertical_spacing=0.12)
     linked = recalls[(recalls["fact_id"] >= 0) & recalls["outcome"].isin(["correct", "stale", "other", "wrong"])]
@@ -172,15 +179,29 @@ def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int 
                       hovertemplate="key %{y} · segments near %{x:.0f}<br>%{customdata[0]:.0f} stale of "
                                     "%{customdata[1]:.0f} recalls<extra></extra>"), 1)
         all_total = np.bincount(col, minlength=n_bins)
+        chance_of = None
+        if chance is not None and len(chance):
+            chance_of = chance.set_index("probe").reindex(sub["probe"].to_numpy())
         for outcome, dash in (("stale", "solid"), ("other", "dash"), ("wrong", "dot")):
             hits = np.bincount(col[(sub["outcome"] == outcome).to_numpy()], minlength=n_bins)
             if outcome == "other" and not hits.any():
                 continue
             rate = np.where(all_total > 0, hits / np.maximum(all_total, 1), np.nan)
             spec.add(dict(type="scatter", x=centres, y=rate, mode="lines", name=_ANSWER_NAMES[outcome],
-                          showlegend=False,
+                          showlegend=False, meta={"role": "rate", "outcome": outcome},
                           line=dict(color=OUTCOME_COLORS[outcome], width=1.6, dash=dash),
                           hovertemplate=f"{outcome}: %{{y:.1%}}<extra>segments near %{{x:.0f}}</extra>"), 2)
+            if chance_of is not None:
+                p = chance_of[outcome].to_numpy()
+                ok = np.isfinite(p)
+                num = np.bincount(col[ok], weights=p[ok], minlength=n_bins)
+                den = np.bincount(col[ok], minlength=n_bins)
+                spec.add(dict(type="scatter", x=centres, y=np.where(den > 0, num / np.maximum(den, 1), np.nan),
+                              mode="lines", name=f"chance: {outcome}", showlegend=False,
+                              meta={"role": "chance", "outcome": outcome},
+                              line=dict(color="#80868B", width=1.2, dash=dash),
+                              hovertemplate=f"chance of {outcome} (uniform guess): %{{y:.1%}}"
+                                            "<extra>segments near %{x:.0f}</extra>"), 2)
         if fact is not None and fact in set(keys.tolist()):
             spec.hline(str(fact), 1)
     else:
@@ -193,9 +214,15 @@ def stale_answers_figure(recalls: pd.DataFrame, *, n_segments: int, n_bins: int 
         for r in (1, 2):
             spec.vline(segment, r)
     n_stale = int((linked["outcome"] == "stale").sum())
-    spec.row_title("share of recalls per time bucket<br>" + " · ".join(
-        f"<span style='color:{OUTCOME_COLORS[k]}'>{mark}</span> {_ANSWER_NAMES[k]}"
-        for k, mark in (("stale", "━"), ("other", "╍"), ("wrong", "┄"))), 2)
-    return spec.figure(title="Stale answers over time", height=height,
-                       subtitle=f"{n_stale} of {len(linked)} probed recalls returned an older value of their key",
+    spec.row_title("share of recalls per time bucket [%]" + (", grey: chance" if chance is not None else "")
+                   + "<br>" + " · ".join(f"<span style='color:{OUTCOME_COLORS[k]}'>{mark}</span> {text}"
+                                         for k, mark, text in (("stale", "━", "older value"), ("other", "╍", "other key"),
+                                                               ("wrong", "┄", "wrong"))), 2)
+    sub_text = f"{n_stale} of {len(linked)} probed recalls returned an older value of their key"
+    if chance is not None and len(linked):
+        c = chance.set_index("probe").reindex(linked["probe"].to_numpy())["stale"].to_numpy()
+        c = c[np.isfinite(c)]
+        if len(c):
+            sub_text = chance_sentence("stale", n_stale, len(linked), float(c.mean()))
+    return spec.figure(title="Stale answers over time", height=height, subtitle=sub_text,
                        margin=dict(l=80, r=24, t=96, b=56))

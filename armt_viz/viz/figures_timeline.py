@@ -72,7 +72,8 @@ OUTCOMES = ("correct", "stale", "other", "wrong")
 def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float, float] | None = None,
                     n_pixels: int = 800, segment: int | None = None, probes: pd.DataFrame | None = None,
                     fact_events: pd.DataFrame | None = None, fact: int | None = None,
-                    stale_mass: xr.DataArray | None = None, title: str = "Run timeline",
+                    stale_mass: xr.DataArray | None = None, chance: pd.DataFrame | None = None,
+                    title: str = "Run timeline",
                     subtitle: str | None = None, height: int | None = None) -> go.Figure:
     """The whole run at a glance, one row per series, x = segment, with spikes kept by min/max envelopes.
 
@@ -85,6 +86,8 @@ def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float,
         probes: ``data.probe_frame`` output; adds a row of recall outcomes per bucket.
         fact_events: ``data.fact_events`` of the selected ``fact``; drawn as markers on the outcomes row.
         stale_mass: optional 1-D series (stale mass of the memory) added as a row.
+        chance: ``data.probe_chance``; adds a grey line on the outcomes row at the number of correct recalls a
+            uniform guess would get per bucket (compare it with the height of the green bars).
     """
     rows = dict(series)
     if stale_mass is not None:
@@ -114,10 +117,22 @@ def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float,
                 if outcome == "other" and not counts[outcome].any():
                     continue
                 spec.add(dict(type="bar", x=centres, y=counts[outcome], width=width, name=f"recall {outcome}",
+                              meta={"role": "rate", "outcome": outcome},
                               marker=dict(color=OUTCOME_COLORS[outcome], line=dict(width=0)), legendgroup="outcome",
                               hovertemplate=f"%{{y}} {outcome} recalls<extra>segments near %{{x:.0f}}</extra>"), r)
             top = max(1.0, float(max(c.max() if len(c) else 0 for c in counts.values())))
-        label = "probed recalls per bucket, by outcome" if probes is not None and len(probes) else "fact events"
+            if chance is not None and len(chance) and len(vis):
+                p = chance.set_index("probe").reindex(vis["probe"].to_numpy())["correct"].to_numpy()
+                ok = np.isfinite(p)
+                edges = np.linspace(lo, hi + 1, n_bins + 1)
+                expect = np.histogram(vis["segment"].to_numpy()[ok], bins=edges, weights=p[ok])[0]
+                spec.add(dict(type="scatter", x=centres, y=expect, mode="lines", name="correct by chance",
+                              meta={"role": "chance", "outcome": "correct"}, legendgroup="outcome",
+                              line=dict(color="#3C4043", width=1.3, dash="dot", shape="hvh"),
+                              hovertemplate="%{y:.1f} correct expected from a uniform guess"
+                                            "<extra>segments near %{x:.0f}</extra>"), r)
+        label = ("probed recalls per bucket, by outcome [count]" if probes is not None and len(probes)
+                 else "fact events")
         spec.row_title(label + (f" · events of fact {fact}" if fact is not None else ""), r)
         if fact_events is not None and len(fact_events):
             ev = fact_events[(fact_events["segment"] >= lo) & (fact_events["segment"] <= hi)]
@@ -126,6 +141,21 @@ def timeline_figure(series: Mapping[str, xr.DataArray], *, x_range: tuple[float,
                 if sel.empty:
                     continue
                 symbol, color, text = EVENT_STYLE[kind]
+                max_marks = max(20, n_pixels // 8)
+                if len(sel) > max_marks:  # too many to tell apart: one mark per bucket, sized by its count
+                    edges = np.linspace(lo, hi + 1, max_marks + 1)
+                    col = np.clip(np.searchsorted(edges, sel["segment"].to_numpy(), side="right") - 1, 0,
+                                  max_marks - 1)
+                    count = np.bincount(col, minlength=max_marks)
+                    keep = count > 0
+                    mid = 0.5 * (edges[1:] + edges[:-1])[keep]
+                    spec.add(dict(type="scatter", x=mid, y=np.full(len(mid), top * 1.12), mode="markers",
+                                  name=f"fact {fact}: {text} (per bucket)", customdata=count[keep],
+                                  marker=dict(symbol=symbol, color=color, line=dict(width=1.2, color=color),
+                                              size=np.clip(6 + 2 * np.sqrt(count[keep]), 6, 16)),
+                                  hovertemplate=f"%{{customdata}} {text}s of fact {fact}<br>segments near %{{x:.0f}}"
+                                                "<extra>zoom in to see each</extra>"), r)
+                    continue
                 spec.add(dict(type="scatter", x=sel["segment"].to_numpy(), y=np.full(len(sel), top * 1.12),
                               mode="markers", name=f"fact {fact}: {text}",
                               marker=dict(symbol=symbol, size=9, color=color, line=dict(width=1.2, color=color)),
@@ -160,8 +190,9 @@ def layer_comparison_figure(series: Mapping[str, xr.DataArray], *, x_range: tupl
         for j, layer in enumerate(layers):
             one = da.isel(layer=j).rename(f"layer {int(layer)}")
             one.attrs = dict(da.attrs)
+            # bucket means only: min/max bands of several layers overlap unreadably (the timeline keeps them)
             for tr in envelope_traces(one, x_range=x_range, n_pixels=n_pixels, color=PALETTE[j % len(PALETTE)],
-                                      legend=(i == 1), band_alpha=0.12):
+                                      legend=(i == 1), band=False):
                 spec.add(tr, i)
         spec.row_title(axis_title(da, name), i)
     spec.xaxis(n_rows, 1, title=dict(text=SEGMENT_TITLE))

@@ -128,7 +128,10 @@ def test_first_segment_probe_reads_nothing(small_config):
     keys = rng.normal(size=(1, 2, 1, 2, 4))
     ds = build_trace(small_config, keys, rng.normal(size=(1, 2, 1, 2, 8)), np.ones((1, 2, 1, 2)),
                      [dict(sample=0, segment=0, position=3, query=rng.normal(size=(1, 4)))])
-    shares = attribute_read(ds, 0, 0)
+    from armt_viz.analysis.attribution import EmptyReadWarning
+
+    with pytest.warns(EmptyReadWarning, match="segment 0, before any write"):  # said, not silently empty
+        shares = attribute_read(ds, 0, 0)
     assert shares.sizes["write"] == 0 and float(shares.sum()) == 0.0 == shares.attrs["read_out_norm"]
 
 

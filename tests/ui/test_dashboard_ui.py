@@ -34,7 +34,7 @@ def _titles(page) -> list[str]:
 def loaded(server, browser):
     """One page on the default trace, shared by the read-only and interaction checks below."""
     page, rec = new_page(browser, height=1900)
-    page.goto(server + "/")
+    page.goto(server + "/?segment=0")  # a fresh view opens on the latest recall; the checks below start at 0
     expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=60_000)
     expect(page.locator(".gtitle", has_text="Association matrix · segment 0")).to_have_count(1)
     yield page, rec
@@ -152,7 +152,7 @@ def test_every_view_draws_with_the_served_plotly(server, browser):
     # Given a fresh page on the default trace
     page, rec = new_page(browser, height=1900)
     try:
-        page.goto(server + "/")
+        page.goto(server + "/?segment=0")
         expect(page.locator(".gtitle", has_text="Association matrix · segment 0")).to_have_count(1, timeout=60_000)
         # Then the page's plotly.js is the version Panel expects and registers every trace type the figures use
         version, types = page.evaluate("() => [window.Plotly.version, Object.keys(window.Plotly.PlotSchema.get()"

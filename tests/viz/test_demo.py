@@ -55,3 +55,16 @@ def test_demo_without_a_model_says_what_to_do(monkeypatch, tmp_path, capsys):
     assert demo.run_demo(tokens=64, trace_root=str(tmp_path), no_serve=True) == 1
     err = capsys.readouterr().err
     assert "not available" in err and "armt-viz train" in err
+
+
+def test_default_demo_run_stays_in_the_shipped_models_range():
+    from armt_viz.assets import demo_stream_config, load_demo_model
+    from armt_viz.training_range import check_range, trained_range
+
+    model = load_demo_model("stream")
+    rng = trained_range(model)
+    assert rng.max_segments_trained == 51 and rng.recall_exact_up_to_segments == 200  # MODEL_CARD.md numbers
+    size = demo_stream_config().segment_size
+    tokens = demo.default_tokens(model, size)
+    assert tokens == 200 * size
+    assert check_range(rng, tokens // size) is None and check_range(rng, tokens // size + 1) is not None

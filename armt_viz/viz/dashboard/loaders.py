@@ -23,9 +23,9 @@ from .. import data as _data
 from ..paths import is_trace_dir
 
 __all__ = ["stamp_of", "open_dataset", "read_direct", "load_scalars", "load_series", "load_layer_series",
-           "load_ledger", "load_probes",
+           "load_ledger", "load_probes", "load_chance",
            "load_fact_table", "load_memory", "load_writes", "load_attribution", "load_attribution_inputs",
-           "load_stale_mass", "attribution_async", "warm"]
+           "load_stale_mass", "attribution_async", "chance_async", "warm"]
 
 
 def stamp_of(path: str) -> int:
@@ -102,6 +102,12 @@ def load_ledger(path: str, stamp: int) -> pd.DataFrame | None:
 @pn.cache(max_items=8)
 def load_probes(path: str, stamp: int) -> pd.DataFrame:
     return _data.probe_frame(open_dataset(path, stamp), load_ledger(path, stamp))
+
+
+@pn.cache(max_items=8)
+def load_chance(path: str, stamp: int) -> pd.DataFrame | None:
+    """``data.probe_chance``: per probe, the chance of each outcome for a uniform guess (None: no ledger/probes)."""
+    return _data.probe_chance(open_dataset(path, stamp))
 
 
 @pn.cache(max_items=8)
@@ -208,6 +214,36 @@ def attribution_async(key: tuple, on_done) -> tuple | None:
     return None
 
 
+def chance_async(path: str, stamp: int, on_done) -> tuple[bool, object]:
+    """``(ready, chance)``: ``load_chance`` if it is cached or computable now (outside a server session); in a
+    session, a first call schedules it on the background thread and returns ``(False, None)``, calling
+    ``on_done()`` when it is ready (the chance baseline of a 1M-token trace takes a second or two)."""
+    key = ("chance", path, stamp)
+    with _LOCK:
+        if key in _DONE:
+            return True, _DONE[key]
+    in_session = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+    if not (in_session if BACKGROUND is None else BACKGROUND):
+        result = load_chance(path, stamp)
+        with _LOCK:
+            _DONE[key] = result
+        return True, result
+
+    def work():
+        result = load_chance(path, stamp)
+        with _LOCK:
+            _DONE[key] = result
+            _PENDING.pop(key, None)
+        return result
+
+    with _LOCK:
+        future = _PENDING.get(key)
+        if future is None:
+            future = _PENDING[key] = _POOL.submit(work)
+    future.add_done_callback(lambda _f: on_done())
+    return False, None
+
+
 def warm(root: str, names: list[str] | None = None, *, sample: int = 0) -> None:
     """Load what a first render of ``names`` (default: the most recently committed trace under ``root``) needs,
     so the first browser session on a fresh server is as fast as later ones. Errors are logged, not raised."""
@@ -227,6 +263,9 @@ def warm(root: str, names: list[str] | None = None, *, sample: int = 0) -> None:
             load_scalars(path, stamp, sample)
             load_fact_table(path, stamp, sample)
             load_probes(path, stamp)
+            chance = load_chance(path, stamp)
+            with _LOCK:
+                _DONE[("chance", path, stamp)] = chance
             log.info("warmed %s", name)
     except Exception as exc:  # warming is best effort
         log.warning("could not warm the trace cache: %s", exc)

@@ -10,6 +10,7 @@ never each other's selection.
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 
@@ -21,14 +22,29 @@ from panel.viewable import Viewer
 
 from .. import data as _data
 from ..export import export_zip, selection_subset
+from ..explain import CONTROL_HELP, decode_tokens, range_warning, special_tokens_of
 from ..paths import TracePathError, list_traces, resolve_trace
 from . import loaders
+from .urlstate import TABS
 
 __all__ = ["TraceStore"]
 
 log = logging.getLogger(__name__)
 NO_FACT = -1
 NO_TRACE_LABEL = "— no trace —"
+LIVE_PERIOD_MS = 2000  # how often a served session looks for new commits of the open trace
+
+
+def _clamp(value, high: int) -> int:
+    return int(min(max(int(value), 0), max(high, 0)))
+
+
+def plain_text(value, **kw):
+    """A text pane that shows ``value`` (a string, or a ``pn.bind`` of one) as text: HTML-escaped, never
+    interpreted as HTML or Markdown."""
+    escaped = pn.bind(lambda v: html.escape(str(v or "")), value) if callable(value) else html.escape(str(value))
+    return pn.widgets.StaticText(value=escaped, sizing_mode="stretch_width",
+                                 styles={"font-size": "0.85em", "color": "#3C4043"}, **kw)
 
 
 class TraceStore(Viewer):
@@ -40,14 +56,16 @@ class TraceStore(Viewer):
     """
 
     trace_root = param.String(default=".", constant=True, doc="Folder of the traces this store may open.")
-    trace = param.String(default="", doc="Root-relative name of the open trace ('' = none).")
-    layer = param.Integer(default=0, bounds=(0, 0), doc="Selected layer.")
-    segment = param.Integer(default=0, bounds=(0, 0), doc="Selected segment.")
-    fact = param.Integer(default=NO_FACT, doc="Selected fact id of the task ledger (-1 = none).")
-    sample = param.Integer(default=0, bounds=(0, 0), doc="Selected sample (batch row) of the trace.")
+    trace = param.String(default="", doc=CONTROL_HELP["trace"])
+    layer = param.Integer(default=0, bounds=(0, 0), doc=CONTROL_HELP["layer"])
+    segment = param.Integer(default=0, bounds=(0, 0), doc=CONTROL_HELP["segment"])
+    fact = param.Integer(default=NO_FACT, doc=CONTROL_HELP["fact"])
+    sample = param.Integer(default=0, bounds=(0, 0), doc=CONTROL_HELP["sample"])
+    tab = param.Selector(default="memory", objects=list(TABS), doc="The tab shown under the timeline.")
+    compare = param.String(default="", doc="Root-relative name of the second trace of the Compare tab.")
     x_range = param.Tuple(default=None, length=2, allow_None=True,
                           doc="Visible segment range of the timeline (None = whole run).")
-    show_stale_mass = param.Boolean(default=False, doc="Add the stale mass row to the timeline (computed once).")
+    show_stale_mass = param.Boolean(default=False, doc=CONTROL_HELP["stale"])
     status = param.String(default="", doc="Message about the last refused or failed trace.")
     path = param.String(default="", doc="Real path of the open trace (inside the root).")
     stamp = param.Integer(default=0, doc="Commit stamp of the open trace (cache key).")
@@ -55,11 +73,14 @@ class TraceStore(Viewer):
 
     def __init__(self, **params):
         trace = params.pop("trace", None)
+        # a deep link's selection (urlstate.query_to_state), applied once its trace is open
+        self._initial: dict = dict(params.pop("initial", None) or {})
         super().__init__(**params)
         self.ds: xr.Dataset | None = None
         names = self.available_traces()
         self._trace_select = pn.widgets.Select(label="Trace", options={NO_TRACE_LABEL: "", **{n: n for n in names}},
-                                               value="", sizing_mode="stretch_width")
+                                               value="", sizing_mode="stretch_width",
+                                               description=CONTROL_HELP["trace"])
         # each of Layer and Segment: a labelled number box (type a value; a <label> names it) and a slider
         self._layer = pn.widgets.IntInput.from_param(self.param.layer, label="Layer", width=96)
         self._layer_slider = pn.widgets.IntSlider.from_param(self.param.layer, label="", show_value=False,
@@ -68,8 +89,9 @@ class TraceStore(Viewer):
         self._segment_slider = pn.widgets.IntSlider.from_param(self.param.segment, label="", show_value=False,
                                                                sizing_mode="stretch_width", margin=(36, 10, 5, 12))
         self._sample = pn.widgets.Select(label="Sample", options={"0": 0}, value=0, visible=False,
-                                         sizing_mode="stretch_width")
-        self._fact = pn.widgets.Select(label="Fact", options={"(no ledger)": NO_FACT}, sizing_mode="stretch_width")
+                                         sizing_mode="stretch_width", description=CONTROL_HELP["sample"])
+        self._fact = pn.widgets.Select(label="Fact", options={"(no ledger)": NO_FACT}, sizing_mode="stretch_width",
+                                       description=CONTROL_HELP["fact"])
         self._stale = pn.widgets.Checkbox.from_param(self.param.show_stale_mass,
                                                      label="Show stale mass on the timeline")
         self._stale_help = pn.widgets.TooltipIcon(value=(
@@ -79,7 +101,7 @@ class TraceStore(Viewer):
             "no trace of an old value. The fact lifecycle's stale shares use the origin view too."))
         self._export = pn.widgets.FileDownload(callback=self._export_selection, filename="selection.zarr.zip",
                                                label="Export selection (zarr, zipped)",
-                                               sizing_mode="stretch_width")
+                                               sizing_mode="stretch_width", description=CONTROL_HELP["export"])
         self._trace_select.param.watch(lambda e: setattr(self, "trace", e.new or ""), "value")
         self._fact.param.watch(lambda e: setattr(self, "fact", NO_FACT if e.new is None else int(e.new)), "value")
         self._sample.param.watch(lambda e: setattr(self, "sample", int(e.new)), "value")
@@ -88,9 +110,10 @@ class TraceStore(Viewer):
         self.param.watch(self._on_sample, "sample")
         self.param.watch(self._sync_fact_widget, "fact")
         self.param.watch(self._update_filename, ["trace", "layer", "segment"])
-        first = trace if trace is not None else self._default_trace()
+        first = trace if trace is not None else self._initial.get("trace") or self._default_trace()
         if first:
             self.trace = first
+        self._initial = {}
 
     # ------------------------------------------------------------------ traces
     def available_traces(self) -> list[str]:
@@ -138,10 +161,19 @@ class TraceStore(Viewer):
             self.param.layer.bounds = (0, n_layer - 1)
             self.param.segment.bounds = (0, n_seg - 1)
             self.param.sample.bounds = (0, n_sample - 1)
-            self.layer = min(self.layer, n_layer - 1)
-            self.sample = min(self.sample, n_sample - 1)
-            self.segment = min(self.segment, n_seg - 1)
-            self.x_range = None
+            want = self._initial if self._initial.get("trace", name) == name else {}
+            # a switch keeps what still applies (layer, sample) and resets the rest (segment, zoom)
+            self.layer = _clamp(want.get("layer", self.layer), n_layer - 1)
+            self.sample = _clamp(want.get("sample", self.sample), n_sample - 1)
+            self.segment = (_clamp(want["segment"], n_seg - 1) if "segment" in want
+                            else self.informative_segment(ds, path, stamp, self.sample))
+            zoom = want.get("zoom")
+            self.x_range = (tuple(float(v) for v in zoom) if zoom is not None and 0 <= zoom[0] < zoom[1] <= n_seg - 1
+                            else None)
+            if want.get("tab") in TABS:
+                self.tab = want["tab"]
+            if want.get("compare") is not None:
+                self.compare = want["compare"]
         for widget, n in ((self._layer, n_layer), (self._segment, n_seg)):
             widget.param.update(start=0, end=n - 1)
         for widget, n in ((self._layer_slider, n_layer), (self._segment_slider, n_seg)):
@@ -152,6 +184,62 @@ class TraceStore(Viewer):
             self._trace_select.value = name if name in self._trace_select.options.values() else ""
         self._refresh_facts()
         self.param.trigger("version")
+
+    # ------------------------------------------------------------------ live traces
+    def refresh(self) -> bool:
+        """Follow traces being recorded: offer traces that appeared under the root, and when the open trace has
+        committed more segments (its commit stamp changed), reopen its committed prefix keeping the selection (a
+        view on the last segment follows the new last one). Returns True when the open trace grew.
+        Called every ``LIVE_PERIOD_MS`` by a served session."""
+        names = self.available_traces()
+        known = [v for v in self._trace_select.options.values() if v]
+        if names != known:
+            self._trace_select.options = {NO_TRACE_LABEL: "", **{n: n for n in names}}
+        if not self.path:
+            return False
+        stamp = loaders.stamp_of(self.path)
+        if stamp == self.stamp:
+            return False
+        try:
+            ds = loaders.open_dataset(self.path, stamp)
+        except Exception as exc:  # a half-written commit: try again next time
+            log.info("could not reopen %s yet: %s", self.trace, exc)
+            return False
+        old_n = self.n_segments
+        n_seg = max(_data.n_segments(ds), 1)
+        following = self.segment >= old_n - 1
+        self.ds = ds
+        # widen the controls first: a widget refuses a value beyond its end
+        self.param.segment.bounds = (0, n_seg - 1)
+        self._segment.param.update(end=n_seg - 1)
+        self._segment_slider.param.update(end=max(n_seg - 1, 1), disabled=n_seg < 2)
+        self.stamp = stamp
+        if following:
+            self.segment = n_seg - 1
+        self._refresh_facts()
+        self.param.trigger("version")
+        return n_seg != old_n
+
+    @staticmethod
+    def informative_segment(ds, path: str, stamp: int, sample: int = 0) -> int:
+        """Where a fresh view opens: the segment of the most recent answered probe (a recall whose outcome is
+        known) in ``sample``, else the last segment (memory at its fullest), never an empty memory at 0."""
+        n = max(_data.n_segments(ds), 1)
+        try:
+            probes = _data.sample_probes(loaders.load_probes(path, stamp), sample)
+        except Exception:  # no probes table: fall back to the last segment
+            probes = None
+        if probes is not None and len(probes):
+            answered = probes[(probes["fact_id"] >= 0) & (probes["outcome"] != "pending")]
+            if len(answered):
+                return _clamp(answered["segment"].max(), n - 1)
+        return n - 1
+
+    def view_state(self) -> dict:
+        """The selection as a deep-link state (``urlstate``): trace, sample, layer, segment, fact, tab, zoom,
+        compare."""
+        return {"trace": self.trace or None, "sample": self.sample, "layer": self.layer, "segment": self.segment,
+                "fact": self.fact, "tab": self.tab, "zoom": self.x_range, "compare": self.compare or None}
 
     def _close(self) -> None:
         self.ds = None
@@ -183,7 +271,9 @@ class TraceStore(Viewer):
         available = [v for v in opts.values() if v != NO_FACT]
         counts = (_data.probe_counts(loaders.load_probes(self.path, self.stamp), self.sample) if available
                   else None)
-        picked = _data.pick_fact(self.fact, available, counts)
+        wanted = self._initial.get("fact") if self._initial.get("trace", self.trace) == self.trace else None
+        picked = (wanted if wanted in available else NO_FACT if wanted == NO_FACT
+                  else _data.pick_fact(self.fact, available, counts))
         fact = NO_FACT if picked is None else picked
         # options and value in one update: a Select given options without its value resets it to the first
         self._fact.param.update(options=opts, value=fact if fact in opts.values() else next(iter(opts.values())))
@@ -218,6 +308,41 @@ class TraceStore(Viewer):
     def n_segments(self) -> int:
         return _data.n_segments(self.ds) if self.ds is not None else 0
 
+    # ------------------------------------------------------------------ text of the selection
+    def segment_text(self) -> str:
+        """The selected segment's tokens, decoded with the task's vocabulary (plain text)."""
+        if self.ds is None or "tokens" not in self.ds:
+            return ""
+        special = special_tokens_of(self.ds.attrs)
+        tokens = _data.segment_tokens(self.ds, self.segment, self.sample)
+        return f"Segment {self.segment:,} tokens: {decode_tokens(tokens, special) or '(none)'}"
+
+    def query_text(self) -> str:
+        """The selected fact's probed query nearest before (or at) the selected segment: its segment's tokens
+        with the probed token in brackets, the model's prediction and the true next token."""
+        if self.ds is None or self.fact == NO_FACT or "tokens" not in self.ds:
+            return ""
+        recalls = _data.fact_recalls(loaders.load_probes(self.path, self.stamp), self.fact, self.sample)
+        if recalls.empty:
+            return f"Fact {self.fact}: no probed query."
+        before = recalls[recalls["segment"] <= self.segment]
+        row = (before if len(before) else recalls).sort_values("segment").iloc[-1 if len(before) else 0]
+        seg = int(row["segment"])
+        start = int(self.ds["segment_start"].values[seg]) if "segment_start" in self.ds else None
+        size = int(self.ds.sizes.get("position", 0))
+        special = special_tokens_of(self.ds.attrs)
+        mark = int(row["token"]) - start if start is not None else int(row["token"]) % max(size, 1)
+        text = decode_tokens(_data.segment_tokens(self.ds, seg, self.sample), special, mark=mark)
+        word = lambda t: decode_tokens([t], special) if t >= 0 else "?"  # noqa: E731
+        return (f"Probed query of fact {self.fact} at segment {seg:,}: {text} — predicted {word(int(row['prediction']))}"
+                f", next token {word(int(row['expected']))} ({row['outcome']})")
+
+    def range_text(self) -> str:
+        """The training-range warning of the open trace ('' when within range or unknown)."""
+        if self.ds is None:
+            return ""
+        return range_warning(self.ds.attrs, self.n_segments) or ""
+
     def info(self) -> str:
         """A short Markdown description of the open trace."""
         if self.ds is None:
@@ -239,11 +364,15 @@ class TraceStore(Viewer):
                                 sizing_mode="stretch_width", styles={"font-size": "0.85em", "color": "#3C4043"})
         alert = pn.pane.Alert(self.param.status, alert_type="warning", visible=self.param.status.rx.bool(),
                               sizing_mode="stretch_width")
+        watched = (self.param.version, self.param.segment, self.param.fact, self.param.sample)
+        tokens = plain_text(pn.bind(lambda *_: self.segment_text(), *watched), css_classes=["armt-tokens"])
+        query = plain_text(pn.bind(lambda *_: self.query_text(), *watched), css_classes=["armt-tokens"])
         return pn.Column(self._trace_select, self._sample,
                          pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
                          pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
                          pn.Row(self._stale, self._stale_help),
-                         pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")
+                         tokens, query, pn.layout.Divider(), self._export, alert, info,
+                         sizing_mode="stretch_width")
 
     def __panel__(self):
         return self.controls()

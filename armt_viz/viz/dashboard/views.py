@@ -22,6 +22,7 @@ from ..figures import message_figure, missing_facts, missing_probes, segment_siz
 from ..figures_facts import fact_lifecycle_figure, stale_answers_figure
 from ..figures_memory import assoc_figure, write_events_figure
 from .._spec import move_segment_line
+from ..explain import HOW_TO_READ
 from ..figures_timeline import layer_comparison_figure, timeline_figure
 from . import loaders
 from .store import NO_FACT, TraceStore
@@ -97,12 +98,19 @@ def _inside_window(fig, segment: int) -> bool:
     return window is None or window[0] <= segment <= window[1]
 
 
+class _ForceRedraw:
+    """An event-like marker: redraw even though the selection did not change (data became ready)."""
+
+    name = "force"
+
+
 class TraceView(Viewer):
     """Base view: a Plotly pane redrawn when any of ``watch`` (store parameters) changes."""
 
     store = param.ClassSelector(class_=TraceStore, doc="The session's trace store and selection.")
     watch: tuple[str, ...] = ("version",)
     title = "view"
+    key = ""  # name in explain.HOW_TO_READ and in build_app's views
     segment_moves_line = False  # True: a Segment change only moves the figure's rule (no rebuild)
 
     def __init__(self, **params):
@@ -125,7 +133,8 @@ class TraceView(Viewer):
         st = self.store
         fig = self.pane.object
         selection = self._selection()
-        if events and selection == self._drawn and all(getattr(e, "name", None) != "version" for e in events):
+        if events and selection == self._drawn and all(getattr(e, "name", None) not in ("version", "force")
+                                                       for e in events):
             return  # already drawn (a new sample's fact was chosen, and drawn, before the sample event came)
         if (self.segment_moves_line and events and fig is not None and st.ds is not None
                 and all(getattr(e, "name", None) == "segment" for e in events)
@@ -145,13 +154,32 @@ class TraceView(Viewer):
         self.pane.object = fig
         self._drawn = selection
 
+    def _chance(self):
+        """The open trace's chance baseline per probe, or None while it is computed in the background (the view
+        redraws when it is ready)."""
+        st = self.store
+        doc = pn.state.curdoc
+        key = (st.path, st.stamp)
+
+        def done():
+            if doc is not None and (self.store.path, self.store.stamp) == key:
+                doc.add_next_tick_callback(lambda: self._redraw(_ForceRedraw))
+        ready, chance = loaders.chance_async(st.path, st.stamp, done)
+        return chance if ready else None
+
     def __panel__(self):
-        return pn.Column(self.pane, sizing_mode="stretch_width", css_classes=["armt-card"])
+        how = HOW_TO_READ.get(self.key)
+        parts = [self.pane]
+        if how:  # plain text (escaped by Panel), never Markdown/HTML
+            parts.append(pn.widgets.StaticText(value=how, sizing_mode="stretch_width", css_classes=["armt-how"],
+                                               margin=(0, 10, 4, 10)))
+        return pn.Column(*parts, sizing_mode="stretch_width", css_classes=["armt-card"])
 
 
 class TimelineView(TraceView):
     """The run timeline; zooming re-aggregates the visible range, clicking a segment selects it."""
 
+    key = "timeline"
     segment_moves_line = True
 
     watch = ("version", "layer", "segment", "fact", "x_range", "show_stale_mass", "sample")
@@ -183,7 +211,7 @@ class TimelineView(TraceView):
             sub += f" · segments {st.x_range[0]:,.0f}–{st.x_range[1]:,.0f} (double-click to reset)"
         return timeline_figure(series, x_range=st.x_range, n_pixels=self.n_pixels, segment=st.segment,
                                probes=probes, fact_events=events, fact=None if st.fact == NO_FACT else st.fact,
-                               stale_mass=stale, subtitle=sub)
+                               stale_mass=stale, subtitle=sub, chance=self._chance())
 
     def _on_relayout(self, event) -> None:
         request = x_axis_request(event.new or {})
@@ -210,6 +238,7 @@ class TimelineView(TraceView):
 
 
 class AssocView(TraceView):
+    key = "assoc"
     watch = ("version", "layer", "segment", "sample")
     title = "Association matrix"
 
@@ -222,6 +251,7 @@ class AssocView(TraceView):
 
 
 class WritesView(TraceView):
+    key = "writes"
     watch = ("version", "layer", "segment", "sample")
     title = "Write events"
 
@@ -234,6 +264,7 @@ class WritesView(TraceView):
 
 
 class FactView(TraceView):
+    key = "fact"
     segment_moves_line = True
     watch = ("version", "fact", "layer", "segment", "sample")
     title = "Fact lifecycle"
@@ -270,6 +301,7 @@ class FactView(TraceView):
 
 
 class StaleView(TraceView):
+    key = "stale"
     segment_moves_line = True
     watch = ("version", "fact", "segment", "sample")
     title = "Stale answers over time"
@@ -279,12 +311,14 @@ class StaleView(TraceView):
         probes = loaders.load_probes(st.path, st.stamp)
         if (message := missing_probes(probes, st.sample)) is not None:
             return message_figure(self.title, message)
-        return stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
-                                    segment=st.segment,
-                                    fact=None if st.fact == NO_FACT else st.fact)
+        fig = stale_answers_figure(_data.sample_probes(probes, st.sample), n_segments=st.n_segments,
+                                   segment=st.segment, fact=None if st.fact == NO_FACT else st.fact,
+                                   chance=self._chance())
+        return fig
 
 
 class LayersView(TraceView):
+    key = "layers"
     segment_moves_line = True
     watch = ("version", "segment", "x_range", "sample")
     title = "Layer comparison"
@@ -294,7 +328,7 @@ class LayersView(TraceView):
         st = self.store
         series = {n: loaders.load_layer_series(st.path, st.stamp, n, st.sample) for n in self.names if n in st.ds}
         return layer_comparison_figure(series, x_range=st.x_range, segment=st.segment,
-                                       subtitle="every layer, same segment range as the timeline")
+                                       subtitle="every layer (bucket means), same segment range as the timeline")
 
 
 VIEWS = (TimelineView, AssocView, WritesView, FactView, StaleView, LayersView)
