@@ -30,6 +30,7 @@ from ..model.lean import lean_eligible, use_lean
 from ..trace.io import open_trace
 from ..trace.schema import variables_for
 from ..trace.store import TraceWriter, bf16_encode
+from . import guard as _guard
 from .fast_record import graph_record_eligible, run_graphed
 from .flusher import BackgroundFlusher
 from .stats import SUMMARY_STATS, segment_statistics, singular_values, to_host
@@ -174,11 +175,15 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         path = Path(tmp) / "trace.zarr"
     else:
         path = Path(store)
+    rec = None
     try:
         rec = _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
                          check_finite=check_finite)
         rec.fast = fast
-        rec.run()
+        try:
+            rec.run()
+        finally:
+            rec.writer.close()  # the store's writer lock
         ds = open_trace(path)
         if tmp is not None:
             ds = ds.load()
@@ -239,6 +244,8 @@ class _Recording:
             self._probe_index.setdefault(tok // self.S, []).append((i, smp, tok % self.S))
         self.vars = variables_for(rc.level, probes=bool(self.probes))
         attrs = _provenance(model, rc, inp, seed, description)
+        self.inp, guarded = _guard.provenance(model, self.inp, self.S)  # weights hash, input fingerprint
+        attrs.update(guarded)
         self.writer = TraceWriter(path, attrs=attrs, chunk_segments=rc.chunk_segments, resume=resume)
         self.start_segment = self.writer.sizes["segment"]
 
@@ -268,7 +275,8 @@ class _Recording:
             raise RuntimeError("store has committed segments but no resume state; it cannot be resumed")
         chunks = self.inp.chunks
         if self.start_segment:
-            chunks = _skip_tokens(chunks, self.start_segment * self.S)
+            chunks = _guard.skip_tokens(chunks, self.start_segment * self.S, segment_size=self.S,
+                                        store_name=self.path.name)
         first_chunk = self.start_segment == 0
         if first_chunk:
             self._write_static()
@@ -503,7 +511,8 @@ class _Recording:
                 if vals.dtype.kind in "UO":
                     vals = vals.astype(str).astype(object)
                     arr = w.group.create_array(name=f"ledger_{name}", shape=vals.shape, dtype=str,
-                                               dimension_names=v.dims, chunks=vals.shape or (1,))
+                                               dimension_names=v.dims, chunks=vals.shape or (1,),
+                                               config={"write_empty_chunks": True})
                     arr[...] = vals
                     continue
                 w.write_static(f"ledger_{name}", tuple(v.dims), vals)

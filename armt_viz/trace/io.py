@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .schema import SCHEMA, SCHEMA_VERSION
+from .confine import ConfinedStore, TraceLimits, default_limits, scan_store
 from .store import COMMIT_FILE, TraceStoreError, bf16_decode, read_commit
 
 __all__ = ["open_trace", "open_traces", "validate_trace"]
@@ -18,20 +19,34 @@ _COORDS = ("segment", "keyframe", "keyframe_segment", "segment_start", "probe_sa
            "probe_segment", "probe_position")
 
 
-def open_trace(path, *, validate: bool = True) -> xr.Dataset:
+def open_trace(path, *, validate: bool = True, limits: TraceLimits | None = None) -> xr.Dataset:
     """Open a trace store lazily. Only committed rows are visible, so a store being written
-    (or killed mid-write) opens as a consistent prefix."""
+    (or killed mid-write) opens as a consistent prefix.
+
+    The store is untrusted input (``trace.confine``): before zarr reads anything, its files are listed once and
+    checked (nothing may resolve outside the folder, no special files), every array's declared shape and chunks
+    are checked against ``limits`` (default ``confine.default_limits()``), and every chunk the commit marker
+    covers must exist (stores that record ``dense_chunks``). Later reads go through the same listing, and a
+    chunk that vanished raises ``MissingChunkError`` naming the array and the segments.
+
+    Raises:
+        FileNotFoundError, TraceStoreError, TraceConfinementError, TraceBudgetError, MissingChunkError.
+    """
     import dask.array as da
     import zarr
     commit = read_commit(path)
     sizes = commit["sizes"]
+    limits = limits or default_limits()
+    listing = scan_store(path, sizes, dense=bool(commit.get("dense_chunks")), limits=limits)
     try:
         with warnings.catch_warnings():  # our commit marker and resume state live inside the store folder
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-            g = zarr.open_group(str(path), mode="r", use_consolidated=False)
-            arrays = list(g.arrays())
+            store = ConfinedStore(path, listing=listing, limits=limits)
+            g = zarr.open_group(store, mode="r", use_consolidated=False, zarr_format=3)
+            arrays = [(name, arr) for name, arr in g.arrays() if name in listing.arrays]
     except Exception as exc:
-        raise TraceStoreError(f"{str(path)!r}: zarr metadata is unreadable ({type(exc).__name__}: {exc}); the store is corrupted") from exc
+        raise TraceStoreError(f"{_name(path)!r}: zarr metadata is unreadable ({type(exc).__name__}: {exc}); "
+                              "the store is corrupted") from exc
     version = g.attrs.get("schema_version")
     if version is None:
         raise TraceStoreError(f"{str(path)!r} has no schema_version attribute; it was not written by armt_viz")
@@ -76,6 +91,9 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
     ds.attrs["committed_segments"] = sizes.get("segment", 0)
     ds.attrs["complete"] = int(bool(commit.get("complete")))
     ds.encoding["source"] = str(Path(path))
+    ds.encoding["armt_store"] = store  # the confined zarr store (read_direct and friends read through it)
+    if listing.missing:
+        ds.attrs["missing_chunks"] = len(listing.missing)
     if validate:
         validate_trace(ds)
     return ds
@@ -120,6 +138,11 @@ def validate_trace(ds: xr.Dataset) -> xr.Dataset:
     if problems:
         raise ValueError("trace does not follow the armt_viz schema:\n  " + "\n  ".join(problems))
     return ds
+
+
+def _name(path) -> str:
+    """The store's folder name (messages may reach a web page: no absolute server paths)."""
+    return Path(str(path)).name
 
 
 def _config(ds) -> dict:
