@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .store import TraceStoreError
+
 __all__ = ["TraceLimits", "TraceBudgetError", "TraceConfinementError", "MissingChunkError", "StoreListing",
            "scan_store", "ConfinedStore", "default_limits", "LIMITS_ENV"]
 
@@ -131,6 +133,7 @@ class StoreListing:
     dense: bool
     sizes: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    label: str = ""  # the path as the caller gave it (for messages)
 
     def _grid(self, a: ArrayInfo) -> list[range]:
         return [range(math.ceil((min(s, self.sizes[d]) if d in self.sizes else s) / c))
@@ -168,13 +171,13 @@ class StoreListing:
                 "restore the file")
 
 
-def _refuse(root: str, rel: str, why: str) -> TraceConfinementError:
-    return TraceConfinementError(errno.EACCES, f"trace {os.path.basename(root)!r} refused: {rel!r} {why}; a trace "
+def _refuse(label: str, rel: str, why: str) -> TraceConfinementError:
+    return TraceConfinementError(errno.EACCES, f"trace {label!r} refused: {rel!r} {why}; a trace "
                                  "folder must hold only its own regular files and folders. Copy the trace without "
                                  "links (cp -rL inside the trace only) or ask whoever sent it")
 
 
-def _walk(root: str, limits: TraceLimits) -> set[str]:
+def _walk(root: str, limits: TraceLimits, label: str) -> set[str]:
     """Every regular file under ``root`` (relative), refusing links out, loops, and special files."""
     files: set[str] = set()
     seen_dirs = {os.stat(root).st_ino}
@@ -184,7 +187,7 @@ def _walk(root: str, limits: TraceLimits) -> set[str]:
         try:
             entries = list(os.scandir(real_dir))
         except OSError as exc:
-            raise _refuse(root, rel_dir or ".", f"cannot be listed ({exc.strerror})") from None
+            raise _refuse(label, rel_dir or ".", f"cannot be listed ({exc.strerror})") from None
         for e in entries:
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
             path = e.path
@@ -193,29 +196,29 @@ def _walk(root: str, limits: TraceLimits) -> set[str]:
                     target = os.path.realpath(path, strict=True)
                 except OSError as exc:  # dangling, or a loop
                     kind = "is a symlink loop" if exc.errno == errno.ELOOP else "is a dangling symlink"
-                    raise _refuse(root, rel, kind) from None
+                    raise _refuse(label, rel, kind) from None
                 if os.path.commonpath([root, target]) != root:
-                    raise _refuse(root, rel, "is a symlink that resolves outside the trace folder")
+                    raise _refuse(label, rel, "is a symlink that resolves outside the trace folder")
                 path = target
             try:
                 st = os.stat(path)
             except OSError as exc:
-                raise _refuse(root, rel, f"cannot be read ({exc.strerror})") from None
+                raise _refuse(label, rel, f"cannot be read ({exc.strerror})") from None
             if stat.S_ISDIR(st.st_mode):
                 if st.st_ino in seen_dirs:
-                    raise _refuse(root, rel, "links back to a folder already seen (a loop)")
+                    raise _refuse(label, rel, "links back to a folder already seen (a loop)")
                 seen_dirs.add(st.st_ino)
                 stack.append((rel, path))
             elif stat.S_ISREG(st.st_mode):
                 if st.st_size > limits.max_file_bytes:
-                    raise TraceBudgetError(f"trace {os.path.basename(root)!r}: file {rel!r} holds {st.st_size:,} "
+                    raise TraceBudgetError(f"trace {label!r}: file {rel!r} holds {st.st_size:,} "
                                            f"bytes, over the limit max_file_bytes={limits.max_file_bytes:,}")
                 files.add(rel)
                 if len(files) > limits.max_files:
-                    raise TraceBudgetError(f"trace {os.path.basename(root)!r} holds more than max_files="
+                    raise TraceBudgetError(f"trace {label!r} holds more than max_files="
                                            f"{limits.max_files:,} files; raise the limit ({LIMITS_ENV}) if it is real")
             else:
-                raise _refuse(root, rel, "is not a regular file or folder (a FIFO, socket or device)")
+                raise _refuse(label, rel, "is not a regular file or folder (a FIFO, socket or device)")
     return files
 
 
@@ -236,16 +239,19 @@ def read_small_json(path: str, limit: int, what: str):
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"{what} is not valid JSON ({exc}); the store is corrupted (a truncated or edited "
-                         "file): record it again or restore the file") from None
+        from .store import TraceStoreError
+
+        raise TraceStoreError(f"{what} is unreadable: not valid JSON ({exc}); the store is corrupted (a truncated "
+                              "or edited file): record it again or restore the file") from None
 
 
-def _array_info(root: str, name: str, meta, limits: TraceLimits) -> ArrayInfo:
-    trace = os.path.basename(root)
+def _array_info(label: str, name: str, meta, limits: TraceLimits) -> ArrayInfo:
+    trace = label
 
     def bad(what):
         return TraceBudgetError(f"trace {trace!r}: array {name!r} {what}") if "limit" in what else \
-            ValueError(f"trace {trace!r}: array {name!r} has malformed metadata ({name}/zarr.json): {what}")
+            TraceStoreError(f"trace {trace!r}: array {name!r}: zarr metadata is unreadable ({name}/zarr.json): "
+                            f"{what}; the store is corrupted or was not written by armt_viz")
 
     if not isinstance(meta, dict):
         raise bad("expected a JSON object")
@@ -306,12 +312,18 @@ def scan_store(path, sizes: dict[str, int], *, dense: bool, limits: TraceLimits 
     """
     limits = limits or default_limits()
     root = os.path.realpath(path)
+    label = str(path)
     for d, n in sizes.items():
         lim, lname = limits.dim_limit(d)
         if n > lim:
-            raise TraceBudgetError(f"trace {os.path.basename(root)!r}: the commit marker says {n:,} {d}s were "
+            raise TraceBudgetError(f"trace {label!r}: the commit marker says {n:,} {d}s were "
                                    f"committed, over the limit {lname}={lim:,}")
-    files = _walk(root, limits)
+    files = _walk(root, limits, label)
+    if "zarr.json" in files:  # the root group first: a foreign store is named as such, not by its arrays
+        meta = read_small_json(os.path.join(root, "zarr.json"), limits.max_metadata_bytes, f"{label!r}: zarr.json")
+        attrs = meta.get("attributes") if isinstance(meta, dict) else None
+        if not isinstance(attrs, dict) or "schema_version" not in attrs:
+            raise TraceStoreError(f"{label!r} has no schema_version attribute; it was not written by armt_viz")
     arrays: dict[str, ArrayInfo] = {}
     for rel in sorted(files):
         if not rel.endswith("/" + _META):
@@ -320,19 +332,19 @@ def scan_store(path, sizes: dict[str, int], *, dense: bool, limits: TraceLimits 
         if "/" in name or name.startswith("_"):
             continue  # only top-level arrays belong to a trace (nested groups are never opened)
         meta = read_small_json(os.path.join(root, rel), limits.max_metadata_bytes,
-                               f"trace {os.path.basename(root)!r}: {rel!r}")
+                               f"trace {label!r}: {rel!r}")
         if isinstance(meta, dict) and meta.get("node_type") == "group":
             continue
-        arrays[name] = _array_info(root, name, meta, limits)
+        arrays[name] = _array_info(label, name, meta, limits)
         if len(arrays) > limits.max_arrays:
-            raise TraceBudgetError(f"trace {os.path.basename(root)!r} holds more than max_arrays="
+            raise TraceBudgetError(f"trace {label!r} holds more than max_arrays="
                                    f"{limits.max_arrays} arrays")
-    listing = StoreListing(root, frozenset(files), arrays, dense, dict(sizes))
+    listing = StoreListing(root, frozenset(files), arrays, dense, dict(sizes), label=label)
     for a in arrays.values():
         for key in listing.expected_keys(a):
             if key not in files:
                 if dense:
-                    raise MissingChunkError(errno.ENOENT, f"trace {os.path.basename(root)!r}: "
+                    raise MissingChunkError(errno.ENOENT, f"trace {label!r}: "
                                             + listing.describe_missing(key))
                 if len(listing.missing) < 1000:
                     listing.missing.append(key)
@@ -391,10 +403,10 @@ def _confined_store_class():
             except FileNotFoundError:
                 if listing.expected(key) is not None:
                     raise MissingChunkError(errno.ENOENT, listing.describe_missing(key)) from None
-                raise MissingChunkError(errno.ENOENT, f"trace {os.path.basename(listing.root)!r}: {key!r} was "
+                raise MissingChunkError(errno.ENOENT, f"trace {listing.label!r}: {key!r} was "
                                         "removed while the trace was open; reopen it") from None
             except OSError as exc:
-                raise TraceConfinementError(errno.EACCES, f"trace {os.path.basename(listing.root)!r}: {key!r} is "
+                raise TraceConfinementError(errno.EACCES, f"trace {listing.label!r}: {key!r} is "
                                             f"no longer a regular file inside the trace ({exc.strerror}); "
                                             "refused") from None
             if byte_range is None:

@@ -47,10 +47,16 @@ LAYER_COMPARISON_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "re
 
 
 def message_figure(title: str, message: str, height: int = 320) -> go.Figure:
-    """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace")."""
+    """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace").
+
+    ``message`` is shown as text: it may quote data (names, attributes, error texts), so it is escaped for plotly,
+    which would otherwise read ``<a href>``, ``<b>`` and entities in it."""
+    import html
+
     from ._style import finish
 
     fig = go.Figure()
+    message = html.escape(str(message)[:1200], quote=True).replace("\n", "<br>")
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#5F6368"))
     fig.update_xaxes(visible=False)

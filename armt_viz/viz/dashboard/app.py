@@ -47,8 +47,10 @@ def build_app(trace_root: str, *, trace: str | None = None, sync_url: bool = Tru
     )
     main = pn.Column(timeline, tabs, sizing_mode="stretch_width")
     if sync_url and pn.state.location is not None:
+        # values that do not apply at once (the trace is still opening, or they do not fit) go to the store,
+        # which applies them when it can and names the rest in its notice
         pn.state.location.sync(store, {"trace": "trace", "sample": "sample", "layer": "layer", "segment": "segment",
-                                       "fact": "fact"})
+                                       "fact": "fact"}, on_error=store.apply_url_values)
     template = pn.template.BootstrapTemplate(
         title=APP_TITLE, sidebar=[store], main=[main], header_background="#17324D", sidebar_width=310,
     )

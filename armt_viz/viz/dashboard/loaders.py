@@ -19,6 +19,7 @@ import panel as pn
 import xarray as xr
 
 from .. import data as _data
+from ...trace.confine import MissingChunkError
 from ..paths import is_trace_dir
 
 __all__ = ["stamp_of", "open_dataset", "read_direct", "load_scalars", "load_series", "load_layer_series",
@@ -44,12 +45,16 @@ def open_dataset(path: str, stamp: int) -> xr.Dataset:
         raise FileNotFoundError(f"no trace store at {os.path.basename(path)!r}")
     from armt_viz.trace import open_trace
 
-    ds = open_trace(path)
+    ds = open_trace(path)  # confined and budget-checked (trace/confine.py)
     # 1-D arrays (coordinates, probe positions, the ledger) are small but stored in many tiny chunks (keyframes
     # one per chunk): read them once here, so no later selection pays a dask round trip per chunk
     names = [name for name, var in ds.variables.items()
              if var.ndim == 1 and var.chunks is not None and var.size <= 5_000_000 and name not in ds.dims]
     small = read_direct(path, ds, names)
+    with _LOCK:
+        _OPENED[(path, stamp)] = None
+        while len(_OPENED) > 64:
+            _OPENED.pop(next(iter(_OPENED)))
     return ds.assign({k: v for k, v in small.items() if k in ds.data_vars}).assign_coords(
         {k: v for k, v in small.items() if k in ds.coords})
 
@@ -62,7 +67,8 @@ def read_direct(path: str, ds: xr.Dataset, names: list[str]) -> dict[str, xr.Var
     try:
         import zarr
 
-        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        # through the trace's confined store only (never a fresh look at the folder)
+        group = zarr.open_group(ds.encoding["armt_store"], mode="r", use_consolidated=False, zarr_format=3)
     except Exception:
         group = None
     for name in names:
@@ -72,6 +78,8 @@ def read_direct(path: str, ds: xr.Dataset, names: list[str]) -> dict[str, xr.Var
             if data.shape != var.shape or data.dtype.kind != np.dtype(var.dtype).kind:
                 raise ValueError("layout differs")
             out[name] = xr.Variable(var.dims, data, attrs=var.attrs)
+        except MissingChunkError:
+            raise
         except Exception:
             out[name] = var.load()
     return out
@@ -189,6 +197,36 @@ def attribution_async(key: tuple, on_done) -> tuple | None:
             future = _PENDING[key] = _POOL.submit(work)
     future.add_done_callback(lambda _f: on_done())
     return None
+
+
+OPEN_TIMEOUT_S = float(os.environ.get("ARMT_VIZ_OPEN_TIMEOUT", "30"))  # a session gives up waiting after this
+_OPEN_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="armt-open")
+_OPENED: dict[tuple, None] = {}  # (path, stamp) of datasets open in the cache (most recent last)
+
+
+def open_in_background() -> bool:
+    """Whether trace opening runs off the event loop: inside a server session (unless ``BACKGROUND`` says)."""
+    in_session = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+    return in_session if BACKGROUND is None else BACKGROUND
+
+
+def is_open(path: str, stamp: int) -> bool:
+    """Whether ``open_dataset(path, stamp)`` is cached (then opening is instant)."""
+    with _LOCK:
+        return (path, stamp) in _OPENED
+
+
+def open_async(path: str, stamp: int, done) -> Future:
+    """Open the trace on a worker thread; ``done(dataset_or_exception)`` is called from that thread."""
+
+    def work():
+        try:
+            result = open_dataset(path, stamp)
+        except BaseException as exc:  # noqa: BLE001 (MemoryError included: reported, the server keeps serving)
+            result = exc
+        done(result)
+
+    return _OPEN_POOL.submit(work)
 
 
 def warm(root: str, names: list[str] | None = None, *, sample: int = 0) -> None:

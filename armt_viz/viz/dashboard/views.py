@@ -24,6 +24,7 @@ from ..figures_memory import assoc_figure, write_events_figure
 from .._spec import move_segment_line
 from ..figures_timeline import layer_comparison_figure, timeline_figure
 from . import loaders
+from .safe import public_message
 from .store import NO_FACT, TraceStore
 
 __all__ = ["TraceView", "TimelineView", "AssocView", "WritesView", "FactView", "StaleView", "LayersView", "VIEWS",
@@ -140,7 +141,8 @@ class TraceView(Viewer):
                 fig = self.figure()
             except Exception as exc:  # keep serving; say what broke
                 log.exception("%s failed", type(self).__name__)
-                fig = message_figure(self.title, f"Could not draw this view: {type(exc).__name__}: {exc}")
+                text = public_message(f"{type(exc).__name__}: {exc or 'no message'}", st.trace_root)
+                fig = message_figure(self.title, f"Could not draw this view: {text}")
         self.pane.height = int(fig.layout.height or 400)
         self.pane.object = fig
         self._drawn = selection
