@@ -127,6 +127,12 @@ def validate_trace(ds: xr.Dataset) -> xr.Dataset:
             continue
         if tuple(v.dims) != spec.dims:
             problems.append(f"{name}: dims {tuple(v.dims)}, schema says {spec.dims}")
+        kind = np.dtype(v.dtype).kind
+        want = "f" if spec.dtype in ("float32", "storage") else ("i" if spec.dtype.startswith("int") else None)
+        if want == "f" and kind != "f":
+            problems.append(f"{name}: dtype {v.dtype}, schema says a float ({spec.dtype})")
+        elif want == "i" and kind not in "iu":
+            problems.append(f"{name}: dtype {v.dtype}, schema says an integer ({spec.dtype})")
     for key in ("armt_config", "record_config"):
         if key not in ds.attrs:
             problems.append(f"attribute {key!r} missing")
