@@ -35,7 +35,7 @@ import numpy as np
 
 from .store import TraceStoreError
 
-__all__ = ["TraceLimits", "TraceBudgetError", "TraceConfinementError", "MissingChunkError", "StoreListing",
+__all__ = ["scan_committed", "TraceLimits", "TraceBudgetError", "TraceConfinementError", "MissingChunkError", "StoreListing",
            "scan_store", "ConfinedStore", "default_limits", "LIMITS_ENV"]
 
 LIMITS_ENV = "ARMT_VIZ_TRACE_LIMITS"  # JSON object of TraceLimits fields, e.g. '{"max_chunks": 100000}'
@@ -55,14 +55,18 @@ class MissingChunkError(OSError):
 
 @dataclass(frozen=True)
 class TraceLimits:
-    """What one trace may declare. Defaults fit a 10⁹-token trace (segment size ≥ 16, chunks of ≥ 16 segments).
+    """What one trace may declare. Defaults fit a 10⁹-token trace as the recorder chunks it at GPT-2 sizes
+    (segment 512: ~4k chunks per array, ~80k in all), and keep what a reader builds per chunk (dask graph
+    entries, ~10-20 µs each) under a second. A tiny model recorded over 10⁹ tokens at segment size 16 needs
+    larger ``max_chunks``/``max_total_chunks`` (``ARMT_VIZ_TRACE_LIMITS``).
 
     Args:
         max_segments: committed segments (10⁹ tokens at segment size 16).
         max_keyframes: committed keyframes.
         max_rows: any other row dimension (``probe``, ``event``: ledger events).
         max_width: any non-row dimension (``sample``, ``layer``, ``hidden``, ``key_feature``, ``position``...).
-        max_chunks: chunks of one array.
+        max_chunks: chunks of one array (inside the declared shape).
+        max_total_chunks: chunks of all arrays together.
         max_chunk_bytes: decompressed bytes of one chunk.
         max_arrays: arrays in one store.
         max_metadata_bytes: bytes of one ``zarr.json`` or of the commit marker.
@@ -74,11 +78,12 @@ class TraceLimits:
     max_keyframes: int = 2 ** 26
     max_rows: int = 2 ** 30
     max_width: int = 2 ** 20
-    max_chunks: int = 2 ** 22
+    max_chunks: int = 2 ** 16
+    max_total_chunks: int = 2 ** 17
     max_chunk_bytes: int = 2 ** 29
     max_arrays: int = 1024
     max_metadata_bytes: int = 2 ** 20
-    max_files: int = 2 ** 23
+    max_files: int = 2 ** 21
     max_file_bytes: int = 2 ** 30
 
     def dim_limit(self, dim: str) -> tuple[int, str]:
@@ -134,6 +139,7 @@ class StoreListing:
     sizes: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     label: str = ""  # the path as the caller gave it (for messages)
+    complete: bool = False  # the commit marker says the recording finished
 
     def _grid(self, a: ArrayInfo) -> list[range]:
         return [range(math.ceil((min(s, self.sizes[d]) if d in self.sizes else s) / c))
@@ -289,7 +295,7 @@ def _array_info(label: str, name: str, meta, limits: TraceLimits) -> ArrayInfo:
     if chunk_bytes > limits.max_chunk_bytes:
         raise bad(f"declares chunks of {chunks} ({chunk_bytes:,} bytes), over the limit "
                   f"max_chunk_bytes={limits.max_chunk_bytes:,}")
-    n_chunks = math.prod(max(1, math.ceil(s / c)) for s, c in zip(shape, chunks))
+    n_chunks = math.prod(math.ceil(s / c) for s, c in zip(shape, chunks))
     if n_chunks > limits.max_chunks:
         raise bad(f"declares shape {shape} in {n_chunks:,} chunks of {chunks}, over the limit "
                   f"max_chunks={limits.max_chunks:,}")
@@ -325,6 +331,7 @@ def scan_store(path, sizes: dict[str, int], *, dense: bool, limits: TraceLimits 
         if not isinstance(attrs, dict) or "schema_version" not in attrs:
             raise TraceStoreError(f"{label!r} has no schema_version attribute; it was not written by armt_viz")
     arrays: dict[str, ArrayInfo] = {}
+    total_chunks = 0
     for rel in sorted(files):
         if not rel.endswith("/" + _META):
             continue
@@ -336,6 +343,10 @@ def scan_store(path, sizes: dict[str, int], *, dense: bool, limits: TraceLimits 
         if isinstance(meta, dict) and meta.get("node_type") == "group":
             continue
         arrays[name] = _array_info(label, name, meta, limits)
+        total_chunks += math.prod(math.ceil(s / c) for s, c in zip(arrays[name].shape, arrays[name].chunks))
+        if total_chunks > limits.max_total_chunks:
+            raise TraceBudgetError(f"trace {label!r}: its arrays declare {total_chunks:,} chunks together (up to "
+                                   f"{name!r}), over the limit max_total_chunks={limits.max_total_chunks:,}")
         if len(arrays) > limits.max_arrays:
             raise TraceBudgetError(f"trace {label!r} holds more than max_arrays="
                                    f"{limits.max_arrays} arrays")
@@ -423,7 +434,10 @@ def _confined_store_class():
             import asyncio
 
             prototype = prototype or default_buffer_prototype()
-            data = await asyncio.to_thread(self._read, key, byte_range)
+            if key not in self.listing.files:  # never written: no thread hop, no file system call
+                data = self._read(key, byte_range)
+            else:
+                data = await asyncio.to_thread(self._read, key, byte_range)
             return None if data is None else prototype.buffer.from_bytes(data)
 
         async def get_partial_values(self, prototype, key_ranges):
@@ -465,3 +479,13 @@ def ConfinedStore(root, *, listing: StoreListing, limits: TraceLimits | None = N
     if _CLS is None:
         _CLS = _confined_store_class()
     return _CLS(Path(listing.root), listing=listing, limits=limits)
+
+
+def scan_committed(path, limits: TraceLimits | None = None) -> StoreListing:
+    """``scan_store`` at the sizes of the store's commit marker (a picklable function for worker processes)."""
+    from .store import read_commit
+
+    commit = read_commit(path)
+    listing = scan_store(path, commit["sizes"], dense=bool(commit.get("dense_chunks")), limits=limits)
+    listing.complete = bool(commit.get("complete"))
+    return listing

@@ -181,9 +181,14 @@ def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", bas
 
     import threading
 
+    from .dashboard import loaders
     from .dashboard.loaders import warm
 
-    # load the newest trace while the server starts, so the first visitor does not pay for it
+    # a worker process checks every trace folder before this process reads it (loaders.scan_isolated)
+    loaders.ISOLATE_SCAN = True
+    loaders.start_scan_worker()
+    # load the newest trace while the server starts, so the first visitor does not pay for it (a hostile one is
+    # refused by the worker, within the time limit)
     threading.Thread(target=warm, args=(root,), name="armt-warm", daemon=True).start()
 
     pn.extension("plotly")

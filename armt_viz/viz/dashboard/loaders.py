@@ -45,7 +45,10 @@ def open_dataset(path: str, stamp: int) -> xr.Dataset:
         raise FileNotFoundError(f"no trace store at {os.path.basename(path)!r}")
     from armt_viz.trace import open_trace
 
-    ds = open_trace(path)  # confined and budget-checked (trace/confine.py)
+    # confined and budget-checked (trace/confine.py); in a server, the scan of the (untrusted) folder runs in a
+    # worker process with a time limit, so a hostile trace costs this process nothing
+    listing = scan_isolated(path) if open_in_background() or ISOLATE_SCAN else None
+    ds = open_trace(path, listing=listing)
     # 1-D arrays (coordinates, probe positions, the ledger) are small but stored in many tiny chunks (keyframes
     # one per chunk): read them once here, so no later selection pays a dask round trip per chunk
     names = [name for name, var in ds.variables.items()
@@ -200,6 +203,49 @@ def attribution_async(key: tuple, on_done) -> tuple | None:
 
 
 OPEN_TIMEOUT_S = float(os.environ.get("ARMT_VIZ_OPEN_TIMEOUT", "30"))  # a session gives up waiting after this
+ISOLATE_SCAN = False  # True: scan in the worker process even outside a server session (run_serve's warm-up)
+_SCAN_POOL = None
+_SCAN_LOCK = threading.Lock()
+
+
+def _scan_pool():
+    global _SCAN_POOL
+    with _SCAN_LOCK:
+        if _SCAN_POOL is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _SCAN_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _SCAN_POOL
+
+
+def start_scan_worker() -> None:
+    """Start the scan worker process now (a server calls this at start, so the first visitor does not wait)."""
+    _scan_pool().submit(os.getpid)
+
+
+def scan_isolated(path: str, timeout: float | None = None):
+    """``confine.scan_committed(path)`` in the worker process; after ``timeout`` (default ``OPEN_TIMEOUT_S``) the
+    worker is killed (a new one starts for the next scan) and ``TimeoutError`` says so."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from armt_viz.trace.confine import default_limits, scan_committed
+
+    global _SCAN_POOL
+    pool = _scan_pool()
+    future = pool.submit(scan_committed, path, default_limits())
+    try:
+        return future.result(timeout=OPEN_TIMEOUT_S if timeout is None else timeout)
+    except FutureTimeout:
+        with _SCAN_LOCK:
+            if _SCAN_POOL is pool:
+                _SCAN_POOL = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise TimeoutError(f"checking the trace {os.path.basename(path)!r} took longer than "
+                           f"{OPEN_TIMEOUT_S if timeout is None else timeout:g} s (a very large or hostile store, or "
+                           "a slow disk); it was not opened") from None
 _OPEN_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="armt-open")
 _OPENED: dict[tuple, None] = {}  # (path, stamp) of datasets open in the cache (most recent last)
 
