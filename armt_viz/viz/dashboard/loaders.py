@@ -9,6 +9,7 @@ Returned objects are shared between sessions and must not be mutated.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -216,6 +217,7 @@ def _scan_pool():
             from concurrent.futures import ProcessPoolExecutor
 
             _SCAN_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_SCAN_POOL.shutdown, wait=False, cancel_futures=True)
         return _SCAN_POOL
 
 
