@@ -391,3 +391,27 @@ def test_credentials_come_from_a_file_or_the_environment(tmp_path, monkeypatch, 
             assert ("command line" in caplog.text) == warned, caplog.text
         finally:
             srv.stop()
+
+
+# ---------------------------------------------------------------- the session, without a browser
+
+def test_url_values_that_do_not_fit_are_named_not_dropped(hostile_root):
+    from armt_viz.viz.dashboard.store import TraceStore
+    st = TraceStore(trace_root=str(hostile_root["root"]), trace="good.zarr")
+    assert st.ds is not None
+    st.apply_url_values({"layer": "abc", "segment": 10 ** 6, "sample": 0})
+    assert "layer='abc'" in st.notice and "segment='1000000'" in st.notice and "Ignored URL values" in st.notice
+
+
+def test_export_of_missing_data_is_refused_and_said(reference, tmp_path):
+    from armt_viz.viz.dashboard.store import TraceStore
+    root = tmp_path / "root"
+    shutil.copytree(reference.encoding["source"], root / "t.zarr")  # recorded: every chunk is written
+    st = TraceStore(trace_root=str(root), trace="t.zarr")
+    assert st.ds is not None, st.status
+    for p in (root / "t.zarr" / "write_key" / "c").rglob("*"):
+        if p.is_file():
+            p.unlink()  # deleted while the session shows the trace
+    assert st._export_selection() is None
+    assert st.status.startswith("Export refused: MissingChunkError") and "'write_key'" in st.status, st.status
+    assert str(tmp_path) not in st.status  # no server paths on the page
