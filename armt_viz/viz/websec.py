@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 _BASE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
              "font-src 'self' data:; connect-src 'self' ws: wss:; worker-src 'self' blob:; object-src 'none'; "
              "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# inline scripts that libraries of the page create at run time, with fixed content, allowed by hash: the module
+# loader Panel bundles (es-module-shims) runs a feature-detection script when it starts. Found by loading the page
+# under the policy (tests/ui fail on any console error, so a new one shows up there).
+_LIBRARY_INLINE_HASHES = ("'sha256-wmGp6DJKu9FEjYplt1pD5S9HnB97ZkkEVu1HdQQTp90='",)
 _INLINE_SCRIPT = re.compile(rb"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S | re.I)
 _EXECUTABLE_TYPES = (b"", b"text/javascript", b"application/javascript", b"module")
 
@@ -59,7 +63,7 @@ def csp_for(html: bytes | None) -> str:
     # Bokeh evaluates its model code with new Function ('unsafe-eval') and loads Panel's ESM components from
     # blob: URLs; neither lets markup that reached the page run: an inline handler or <script> needs
     # 'unsafe-inline' (absent, and ignored anyway once hashes are listed)
-    script = "script-src 'self' 'unsafe-eval' blob: " + " ".join(sorted(set(hashes)))
+    script = "script-src 'self' 'unsafe-eval' blob: " + " ".join(sorted(set(hashes)) + list(_LIBRARY_INLINE_HASHES))
     return f"{_BASE_CSP}; {script.strip()}"
 
 
