@@ -39,15 +39,14 @@ log = logging.getLogger(__name__)
 _BASE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
              "font-src 'self' data:; connect-src 'self' ws: wss:; worker-src 'self' blob:; object-src 'none'; "
              "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-# inline scripts that libraries of the page create at run time, with fixed content, allowed by hash: the module
-# loader Panel bundles (es-module-shims) runs a feature-detection script when it starts. Found by loading the page
-# under the policy (tests/ui fail on any console error, so a new one shows up there).
-_LIBRARY_INLINE_HASHES = ("'sha256-wmGp6DJKu9FEjYplt1pD5S9HnB97ZkkEVu1HdQQTp90='",)
+# the module loader Panel bundles (es-module-shims) runs feature-detection scripts (in a srcdoc iframe, whose
+# content varies) when it starts; its options script gets a per-response nonce, which it puts on those scripts.
+_ESMS_OPTIONS = re.compile(rb'(<script type="esms-options">\s*)\{"shimMode": true\}')
 _INLINE_SCRIPT = re.compile(rb"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S | re.I)
 _EXECUTABLE_TYPES = (b"", b"text/javascript", b"application/javascript", b"module")
 
 
-def csp_for(html: bytes | None) -> str:
+def csp_for(html: bytes | None, nonce: str | None = None) -> str:
     """The Content-Security-Policy for a response: inline scripts of ``html`` (the page as generated, before any
     data reached the browser) are allowed by hash; nothing else inline."""
     hashes = []
@@ -63,7 +62,9 @@ def csp_for(html: bytes | None) -> str:
     # Bokeh evaluates its model code with new Function ('unsafe-eval') and loads Panel's ESM components from
     # blob: URLs; neither lets markup that reached the page run: an inline handler or <script> needs
     # 'unsafe-inline' (absent, and ignored anyway once hashes are listed)
-    script = "script-src 'self' 'unsafe-eval' blob: " + " ".join(sorted(set(hashes)) + list(_LIBRARY_INLINE_HASHES))
+    script = "script-src 'self' 'unsafe-eval' blob: " + " ".join(sorted(set(hashes)))
+    if nonce:
+        script += f" 'nonce-{nonce}'"
     return f"{_BASE_CSP}; {script.strip()}"
 
 
@@ -76,7 +77,16 @@ def _security_transform():
         def transform_first_chunk(self, status_code, headers, chunk, finishing):
             ctype = headers.get("Content-Type", "")
             html = chunk if ("text/html" in ctype and finishing) else None
-            headers["Content-Security-Policy"] = csp_for(html)
+            nonce = None
+            if html is not None and _ESMS_OPTIONS.search(html):
+                import secrets as _secrets
+
+                nonce = _secrets.token_urlsafe(18)
+                chunk = html = _ESMS_OPTIONS.sub(
+                    lambda m: m.group(1) + b'{"shimMode": true, "nonce": "' + nonce.encode() + b'"}', html, count=1)
+                if "Content-Length" in headers:
+                    headers["Content-Length"] = str(len(chunk))
+            headers["Content-Security-Policy"] = csp_for(html, nonce)
             headers["X-Frame-Options"] = "DENY"
             headers["X-Content-Type-Options"] = "nosniff"
             headers["Referrer-Policy"] = "no-referrer"
