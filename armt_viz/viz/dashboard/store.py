@@ -340,13 +340,14 @@ class TraceStore(Viewer):
         status."""
         info = pn.pane.HTML(pn.bind(lambda *_: self.info(), self.param.version, self.param.status),
                             sizing_mode="stretch_width")
-        alert = text_pane(self.param.status, "warning")  # text, never markup (safe.py)
-        notice = text_pane(self.param.notice, "info")
+        # the status (warning) and the notice (information): text, never markup (safe.py)
+        alert = pn.Column(text_pane(self.param.status, "warning"), text_pane(self.param.notice, "info"),
+                          sizing_mode="stretch_width")
         return pn.Column(self._trace_select, self._sample,
                          pn.Row(self._layer, self._layer_slider, sizing_mode="stretch_width"),
                          pn.Row(self._segment, self._segment_slider, sizing_mode="stretch_width"), self._fact,
                          self._stale,
-                         pn.layout.Divider(), self._export, alert, notice, info, sizing_mode="stretch_width")
+                         pn.layout.Divider(), self._export, alert, info, sizing_mode="stretch_width")
 
     def __panel__(self):
         return self.controls()
