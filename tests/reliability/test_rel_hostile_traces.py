@@ -21,9 +21,9 @@ import pytest
 
 import armt_viz as av
 import record_worker as rw
-from armt_viz.trace.confine import MissingChunkError, TraceBudgetError, TraceConfinementError, scan_store
+from armt_viz.trace.confine import MissingChunkError, TraceBudgetError, TraceConfinementError
 from armt_viz.trace.guard import ForeignStoreError, StoreLockedError, WriterLock, lock_path
-from armt_viz.trace.store import COMMIT_FILE, TraceStoreError
+from armt_viz.trace.store import COMMIT_FILE
 
 SECRET = np.float32(424242.0)  # the value a file outside the trace holds; it must never be read
 
