@@ -165,6 +165,6 @@ def _write_to_store(path: Path, variables: dict[str, xr.Variable]) -> None:
             del group[name]
         arr = group.create_array(name=name, shape=var.shape, dtype=var.dtype, dimension_names=var.dims,
                                  chunks=tuple(max(1, s) for s in var.shape), attributes=dict(var.attrs),
-                                 fill_value=-1)
+                                 fill_value=-1, config={"write_empty_chunks": True})
         if var.size:
             arr[...] = var.values

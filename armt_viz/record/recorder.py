@@ -36,6 +36,7 @@ from ..trace.schema import LEVEL_RANK, variables_for
 from ..training_range import trained_range, warn_if_beyond
 from ..trace.store import TraceWriter, bf16_encode
 from .fast_record import GraphRows, graph_record_why_not
+from . import guard as _guard
 from .flusher import BackgroundFlusher
 from .stats import Capture, segment_statistics, singular_values, to_host
 
@@ -170,11 +171,15 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         path = Path(tmp) / "trace.zarr"
     else:
         path = Path(store)
+    rec = None
     try:
         rec = _Recording(model, rc, inp, path, probes, resume, progress, seed, description, initial_state,
                          check_finite=check_finite)
         rec.fast = fast
-        rec.run()
+        try:
+            rec.run()
+        finally:
+            rec.writer.close()  # the store's writer lock
         ds = open_trace(path)
         if tmp is not None:
             ds = ds.load()
@@ -235,6 +240,8 @@ class _Recording:
             self._probe_index.setdefault(tok // self.S, []).append((i, smp, tok % self.S))
         self.vars = variables_for(rc.level, probes=bool(self.probes))
         attrs = _provenance(model, rc, inp, seed, description)
+        self.inp, guarded = _guard.provenance(model, self.inp, self.S)  # weights hash, input fingerprint
+        attrs.update(guarded)
         self.writer = TraceWriter(path, attrs=attrs, chunk_segments=rc.chunk_segments, resume=resume)
         self.start_segment = self.writer.sizes["segment"]
 
@@ -264,7 +271,8 @@ class _Recording:
             raise RuntimeError("store has committed segments but no resume state; it cannot be resumed")
         chunks = self.inp.chunks
         if self.start_segment:
-            chunks = _skip_tokens(chunks, self.start_segment * self.S)
+            chunks = _guard.skip_tokens(chunks, self.start_segment * self.S, segment_size=self.S,
+                                        store_name=self.path.name)
         first_chunk = self.start_segment == 0
         if first_chunk:
             self._write_static()
@@ -514,7 +522,8 @@ class _Recording:
                 if vals.dtype.kind in "UO":
                     vals = vals.astype(str).astype(object)
                     arr = w.group.create_array(name=f"ledger_{name}", shape=vals.shape, dtype=str,
-                                               dimension_names=v.dims, chunks=vals.shape or (1,))
+                                               dimension_names=v.dims, chunks=vals.shape or (1,),
+                                               config={"write_empty_chunks": True})
                     arr[...] = vals
                     continue
                 w.write_static(f"ledger_{name}", tuple(v.dims), vals)

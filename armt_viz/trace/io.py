@@ -10,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from .schema import SCHEMA, SCHEMA_VERSION
-from .store import COMMIT_FILE, TraceStoreError, bf16_decode, read_commit
+from .confine import ConfinedStore, StoreListing, TraceLimits, default_limits, scan_committed
+from .store import COMMIT_FILE, TraceStoreError, bf16_decode
 
 __all__ = ["open_trace", "open_traces", "validate_trace"]
 
@@ -18,20 +19,41 @@ _COORDS = ("segment", "keyframe", "keyframe_segment", "segment_start", "probe_sa
            "probe_segment", "probe_position")
 
 
-def open_trace(path, *, validate: bool = True) -> xr.Dataset:
+def open_trace(path, *, validate: bool = True, limits: TraceLimits | None = None,
+               listing: StoreListing | None = None) -> xr.Dataset:
     """Open a trace store lazily. Only committed rows are visible, so a store being written
-    (or killed mid-write) opens as a consistent prefix."""
+    (or killed mid-write) opens as a consistent prefix.
+
+    The store is untrusted input (``trace.confine``): before zarr reads anything, its files are listed once and
+    checked (nothing may resolve outside the folder, no special files), every array's declared shape and chunks
+    are checked against ``limits`` (default ``confine.default_limits()``), and every chunk the commit marker
+    covers must exist (stores that record ``dense_chunks``). Later reads go through the same listing, and a
+    chunk that vanished raises ``MissingChunkError`` naming the array and the segments.
+
+    ``listing``: the result of ``confine.scan_store`` made elsewhere (the dashboard scans in a worker process
+    with a time limit); its committed sizes are used.
+
+    Raises:
+        FileNotFoundError, TraceStoreError, TraceConfinementError, TraceBudgetError, MissingChunkError.
+    """
     import dask.array as da
     import zarr
-    commit = read_commit(path)
-    sizes = commit["sizes"]
+    limits = limits or default_limits()
+    if listing is None:
+        listing = scan_committed(path, limits)
+    sizes = listing.sizes
     try:
         with warnings.catch_warnings():  # our commit marker and resume state live inside the store folder
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-            g = zarr.open_group(str(path), mode="r", use_consolidated=False)
-            arrays = list(g.arrays())
+            store = ConfinedStore(path, listing=listing, limits=limits)
+            g = zarr.open_group(store, mode="r", use_consolidated=False, zarr_format=3)
+            # only the arrays a trace is made of (schema, ledger, key probes) are read: anything else in the
+            # folder costs nothing
+            arrays = [(name, arr) for name, arr in g.arrays() if name in listing.arrays
+                      and (name in SCHEMA or name.startswith(("ledger_", "key_probe")))]
     except Exception as exc:
-        raise TraceStoreError(f"{str(path)!r}: zarr metadata is unreadable ({type(exc).__name__}: {exc}); the store is corrupted") from exc
+        raise TraceStoreError(f"{_name(path)!r}: zarr metadata is unreadable ({type(exc).__name__}: {exc}); "
+                              "the store is corrupted") from exc
     version = g.attrs.get("schema_version")
     if version is None:
         raise TraceStoreError(f"{str(path)!r} has no schema_version attribute; it was not written by armt_viz")
@@ -55,6 +77,9 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
                     f"{sizes[d]} were committed; the store is damaged (files removed or replaced?). "
                     "Record it again")
         idx = tuple(slice(0, sizes[d]) if d in sizes else slice(None) for d in dims)
+        if dims == (name,) and name not in SCHEMA:  # xarray would build (read) an index from it
+            raise TraceStoreError(f"{str(path)!r}: array {name!r} is named like its dimension, which only the "
+                                  "schema's coordinates are; the store was not written by armt_viz")
         if dims == (name,):  # a dimension coordinate: xarray builds an index from it anyway
             x = np.asarray(arr[idx])  # one zarr read, not a dask graph per chunk
         else:
@@ -74,8 +99,11 @@ def open_trace(path, *, validate: bool = True) -> xr.Dataset:
             + ("; " + "; ".join(problems) if problems else "")
             + "; the store is damaged or was not written by armt_viz. Record it again") from exc
     ds.attrs["committed_segments"] = sizes.get("segment", 0)
-    ds.attrs["complete"] = int(bool(commit.get("complete")))
+    ds.attrs["complete"] = int(listing.complete)
     ds.encoding["source"] = str(Path(path))
+    ds.encoding["armt_store"] = store  # the confined zarr store (read_direct and friends read through it)
+    if listing.missing:
+        ds.attrs["missing_chunks"] = len(listing.missing)
     if validate:
         validate_trace(ds)
     return ds
@@ -109,6 +137,12 @@ def validate_trace(ds: xr.Dataset) -> xr.Dataset:
             continue
         if tuple(v.dims) != spec.dims:
             problems.append(f"{name}: dims {tuple(v.dims)}, schema says {spec.dims}")
+        kind = np.dtype(v.dtype).kind
+        want = "f" if spec.dtype in ("float32", "storage") else ("i" if spec.dtype.startswith("int") else None)
+        if want == "f" and kind != "f":
+            problems.append(f"{name}: dtype {v.dtype}, schema says a float ({spec.dtype})")
+        elif want == "i" and kind not in "iu":
+            problems.append(f"{name}: dtype {v.dtype}, schema says an integer ({spec.dtype})")
     for key in ("armt_config", "record_config"):
         if key not in ds.attrs:
             problems.append(f"attribute {key!r} missing")
@@ -120,6 +154,11 @@ def validate_trace(ds: xr.Dataset) -> xr.Dataset:
     if problems:
         raise ValueError("trace does not follow the armt_viz schema:\n  " + "\n  ".join(problems))
     return ds
+
+
+def _name(path) -> str:
+    """The store's folder name (messages may reach a web page: no absolute server paths)."""
+    return Path(str(path)).name
 
 
 def _config(ds) -> dict:

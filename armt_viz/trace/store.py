@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import guard
 from .schema import APPEND_DIMS, SCHEMA, SCHEMA_VERSION
 
 __all__ = ["TraceWriter", "read_commit", "COMMIT_FILE", "TraceStoreError", "TraceWriteError"]
@@ -91,7 +92,11 @@ def read_commit(path) -> dict:
             "recording was killed before its first chunk was committed; record it again"
         )
     try:
-        commit = json.loads(f.read_text())
+        from .confine import read_small_json
+
+        commit = read_small_json(str(f), 1 << 20, f"{COMMIT_FILE} of {p.name!r}")
+        if not isinstance(commit, dict):
+            raise ValueError(f"expected a JSON object, got {type(commit).__name__}")
         sizes = {}
         for k, v in commit["sizes"].items():
             if k not in APPEND_DIMS or isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -122,8 +127,20 @@ class TraceWriter:
         self.resume_state = None
         self.sizes = {d: 0 for d in APPEND_DIMS}
         self._committed = 0
+        self.dense = True  # every chunk is written (a resumed store keeps what it was created with)
+        self._pending: dict | None = None  # a resume's first writes, made only once something is appended
+        self.lock = guard.WriterLock(self.path)
         with self._io("opening the store"):
-            self._open(attrs, resume)
+            self.lock.acquire()  # one writer per store (StoreLockedError names the owner)
+            try:
+                self._open(attrs, resume)
+            except BaseException:
+                self.lock.release()
+                raise
+
+    def close(self) -> None:
+        """Release the store's writer lock (the data are committed already or left at the last commit)."""
+        self.lock.release()
 
     def _open(self, attrs: dict, resume: bool) -> None:
         import zarr
@@ -133,16 +150,22 @@ class TraceWriter:
                 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
                 self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                 arrays = list(self.group.arrays())
-            old = json.loads(self.group.attrs.get("record_config", "{}"))
-            new = json.loads(attrs.get("record_config", "{}"))
-            if old and new and old != new:
-                raise ValueError(f"resume=True but the record config differs from the store's: store {old}, now {new}; resume with the same settings or record to a new store")
+            # provenance first: a mismatch is refused before anything in the store changes
+            bad, unchecked = guard.provenance_mismatches(dict(self.group.attrs), attrs)
+            if bad:
+                detail = "; ".join(f"{k}: store {str(self.group.attrs.get(k))[:160]}, now {str(attrs[k])[:160]}"
+                                   for k in bad)
+                raise ValueError(
+                    f"resume=True refused for {self.path.name!r}: {', '.join(bad)} differ from the recording that "
+                    f"wrote its {commit['sizes'].get('segment', 0)} committed segments ({detail}). Resuming would "
+                    "mix two runs in one trace; nothing was written. Resume with the same model, weights, input and "
+                    "settings, or record to a new store")
+            if unchecked:
+                warnings.warn(f"resuming {self.path.name!r}: the store does not record {unchecked} (written by an "
+                              "older armt_viz), so they cannot be checked against this run", UserWarning,
+                              stacklevel=4)
             self.sizes.update(commit["sizes"])
-            for name, arr in arrays:
-                dims = tuple(arr.metadata.dimension_names)
-                for ax, d in enumerate(dims):
-                    if d in self.sizes and arr.shape[ax] != self.sizes[d]:
-                        arr.resize(tuple(self.sizes[d] if i == ax else s for i, s in enumerate(arr.shape)))
+            self.dense = bool(commit.get("dense_chunks"))
             if commit.get("state_file"):
                 sf = self.path / commit["state_file"]
                 try:
@@ -154,21 +177,32 @@ class TraceWriter:
                         "the store opens up to its last commit, but cannot be resumed: record again with resume=False"
                     ) from exc
             self._committed = self.sizes.get("segment", 0)
-            self.group.attrs.update(attrs)
-            self.group.attrs["schema_version"] = SCHEMA_VERSION
+            self._pending = {"arrays": arrays, "attrs": attrs}
         else:
             self._create_store(attrs)
+
+    def _prepare(self) -> None:
+        """A resume's first writes: trim arrays to the committed sizes, then record this run's attrs."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        for name, arr in pending["arrays"]:
+            dims = tuple(arr.metadata.dimension_names)
+            for ax, d in enumerate(dims):
+                if d in self.sizes and arr.shape[ax] != self.sizes[d]:
+                    arr.resize(tuple(self.sizes[d] if i == ax else s for i, s in enumerate(arr.shape)))
+        self.group.attrs.update(pending["attrs"])
+        self.group.attrs["schema_version"] = SCHEMA_VERSION
 
     def _create_store(self, attrs: dict) -> None:
         """A fresh store is built at <path>.partial and moved to <path> by its first commit, so a store that
         exists always opens, and an old store at <path> is replaced only once the new one has data."""
         import zarr
         p = self.path
-        if p.exists() and not (p.is_dir() and ((p / COMMIT_FILE).exists() or (p / "zarr.json").exists()
-                                               or not any(p.iterdir()))):
-            raise FileExistsError(f"{str(p)!r} exists and is not a trace store; choose an empty or new path")
+        guard.check_removable(p)  # only a store we wrote is ever replaced
         staging = p.with_name(p.name + STAGING_SUFFIX)
-        if staging.exists():
+        if os.path.lexists(staging):
+            guard.check_removable(staging, staging=True)
             shutil.rmtree(staging)
         p.parent.mkdir(parents=True, exist_ok=True)
         self.group = zarr.open_group(str(staging), mode="w", zarr_format=3)
@@ -177,7 +211,8 @@ class TraceWriter:
 
     def _move_into_place(self) -> None:
         import zarr
-        if self.path.exists():
+        if os.path.lexists(self.path):
+            guard.check_removable(self.path)  # checked again: it may have changed since the recording began
             shutil.rmtree(self.path)
         os.replace(self.root, self.path)
         self.root = self.path
@@ -228,6 +263,7 @@ class TraceWriter:
         return self.group.create_array(
             name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
             attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill,
+            config={"write_empty_chunks": True},  # every chunk exists, so a missing one is an error (confine.py)
         )
 
     def _array(self, name, dims, row_shape, dtype):
@@ -242,6 +278,7 @@ class TraceWriter:
             self._append(dim, rows)
 
     def _append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
+        self._prepare()
         start = self.sizes[dim]
         n = None
         for name, (dims, data) in rows.items():
@@ -264,6 +301,7 @@ class TraceWriter:
             self._write_static(name, dims, data, index)
 
     def _write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
+        self._prepare()
         if name not in self.group:
             if index is not None:
                 raise ValueError(f"static array {name!r} must be created whole before partial writes")
@@ -284,6 +322,7 @@ class TraceWriter:
         self._committed = self.sizes.get("segment", 0)
 
     def _commit(self, state, complete, extra) -> None:
+        self._prepare()
         state_file = None
         rdir = self.root / RESUME_DIR
         if state is not None:
@@ -292,7 +331,8 @@ class TraceWriter:
             tmp = self.root / (state_file + f".tmp{os.getpid()}.npz")
             np.savez(tmp, **state)
             os.replace(tmp, self.root / state_file)
-        payload = {"sizes": self.sizes, "state_file": state_file, "complete": complete, "schema_version": SCHEMA_VERSION}
+        payload = {"sizes": self.sizes, "state_file": state_file, "complete": complete, "schema_version": SCHEMA_VERSION,
+                   "dense_chunks": self.dense}
         payload.update(extra or {})
         _atomic_write(self.root / COMMIT_FILE, json.dumps(payload).encode())
         if rdir.exists():

@@ -47,12 +47,19 @@ LAYER_COMPARISON_VARS = ("assoc_norm", "write_gate_mean", "correction_mean", "re
 
 
 def message_figure(title: str, message: str, height: int = 320) -> go.Figure:
-    """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace")."""
+    """An empty figure that says why a view has nothing to show (e.g. "needs a writes-level trace").
+
+    ``message`` is shown as text: it may quote data (names, attributes, error texts), so it is escaped for plotly,
+    which would otherwise read ``<a href>``, ``<b>`` and entities in it; long lines are wrapped so a narrow pane
+    does not cut them off."""
+    import html
+
     from ._style import finish, wrap
 
     fig = go.Figure()
-    # wrapped so a long message is not cut off by a narrow pane
-    fig.add_annotation(text=wrap(message, 56), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    lines = str(message)[:1200].split("\n")
+    message = "<br>".join(wrap(html.escape(line, quote=True), 56) for line in lines)
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=14, color="#5F6368"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)

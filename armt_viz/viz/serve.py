@@ -3,9 +3,13 @@ behind a login.
 
 * Only traces under ``trace_root`` are listed and opened (``viz.paths``); each browser session gets its own
   ``TraceStore`` (selection), while loaded data is shared through ``pn.cache``.
-* ``basic_auth``: ``"user:password"`` or the path of a JSON file ``{"user": "password", ...}``. Panel's login
-  page is replaced by one that loads nothing from a CDN; sessions are signed with ``cookie_secret`` (a random
-  one per process when not given, so logins do not survive a restart).
+* ``basic_auth``: the path of a JSON file ``{"user": "password", ...}`` or ``"user:password"``; when not given,
+  the environment variable ``ARMT_VIZ_BASIC_AUTH`` (same forms). A password on the command line shows in ``ps``
+  to every user of the machine: a warning says so. Panel's login page is replaced by one that loads nothing from
+  a CDN; logins are rate limited, compared exactly, and end at logout (``websec.py``); cookies are signed with
+  ``cookie_secret`` (a random one per process when not given, so logins do not survive a restart).
+* Every response carries a strict Content-Security-Policy, ``frame-ancestors 'none'`` and ``X-Frame-Options``
+  (``websec.py``).
 * Requests are bounded: websocket messages and HTTP bodies have size limits, sessions unused for a minute are
   dropped. The websocket origin is limited to the serving address (extend it with the environment variable
   ``ARMT_VIZ_WEBSOCKET_ORIGIN``, comma-separated ``host:port``, when serving behind a proxy or on 0.0.0.0).
@@ -29,7 +33,9 @@ import secrets  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-__all__ = ["run_serve", "parse_basic_auth", "LOGIN_TEMPLATE", "LOGOUT_TEMPLATE"]
+__all__ = ["run_serve", "parse_basic_auth", "LOGIN_TEMPLATE", "LOGOUT_TEMPLATE", "BASIC_AUTH_ENV"]
+
+BASIC_AUTH_ENV = "ARMT_VIZ_BASIC_AUTH"
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +152,19 @@ def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", bas
 
     from .dashboard import APP_TITLE, build_app
 
+    from .websec import install_security_headers, make_auth_provider
+
     restrict_component_route()
+    install_security_headers()
     root = os.path.realpath(trace_root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--trace-root {trace_root!r} is not a directory; create it or record a trace "
                                 "into it first (armt-viz record --store DIR/run.zarr)")
+    if basic_auth is None:
+        basic_auth = os.environ.get(BASIC_AUTH_ENV) or None
+    elif not os.path.isfile(basic_auth) and any(basic_auth in a for a in __import__("sys").argv[1:]):
+        log.warning("the --basic-auth password was given on the command line, where every user of this machine "
+                    "can read it (ps); pass a JSON file of users or set $%s instead", BASIC_AUTH_ENV)
     users = parse_basic_auth(basic_auth)
     kwargs = {}
     if users:
@@ -160,16 +174,21 @@ def run_serve(trace_root: str, port: int = 5006, address: str = "127.0.0.1", bas
         tmp = Path(tempfile.mkdtemp(prefix="armt_viz_auth_"))
         (tmp / "login.html").write_text(LOGIN_TEMPLATE, encoding="utf-8")
         (tmp / "logout.html").write_text(LOGOUT_TEMPLATE, encoding="utf-8")
-        kwargs.update(basic_auth=users, cookie_secret=cookie_secret, login_template=str(tmp / "login.html"),
-                      logout_template=str(tmp / "logout.html"))
+        provider = make_auth_provider(users, str(tmp / "login.html"), str(tmp / "logout.html"))
+        kwargs.update(auth_provider=provider, cookie_secret=cookie_secret)
     def app():  # one store and set of views per browser session
         return build_app(root)
 
     import threading
 
+    from .dashboard import loaders
     from .dashboard.loaders import warm
 
-    # load the newest trace while the server starts, so the first visitor does not pay for it
+    # a worker process checks every trace folder before this process reads it (loaders.scan_isolated)
+    loaders.ISOLATE_SCAN = True
+    loaders.start_scan_worker()
+    # load the newest trace while the server starts, so the first visitor does not pay for it (a hostile one is
+    # refused by the worker, within the time limit)
     threading.Thread(target=warm, args=(root,), name="armt-warm", daemon=True).start()
 
     pn.extension("plotly")

@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--ready", default=None, help="file to create once imports are done, just before recording")
     p.add_argument("--crash-at", default=None, help="POINT:N, SIGKILL self at the N-th protocol step POINT")
     p.add_argument("--pace", type=float, default=0.0, help="seconds to wait before each input chunk")
+    p.add_argument("--wait-for", default=None, help="after --ready, wait until this file exists, then record")
     a = p.parse_args(argv)
     model = make_model()
     import armt_viz as av
@@ -160,6 +161,9 @@ def main(argv=None) -> int:
         ctx = crash_points(point, int(n), _sigkill_self)
     if a.ready:
         Path(a.ready).write_text(str(os.getpid()))
+    while a.wait_for and not Path(a.wait_for).exists():
+        import time
+        time.sleep(0.02)
     with ctx:
         run(a.store, resume=a.resume, n_tokens=a.tokens, model=model, pace=a.pace)
     return 0

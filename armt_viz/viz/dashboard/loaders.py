@@ -10,6 +10,7 @@ Returned objects are shared between sessions and must not be mutated.
 from __future__ import annotations
 
 import logging
+import atexit
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ import panel as pn
 import xarray as xr
 
 from .. import data as _data
+from ...trace.confine import MissingChunkError
 from ..paths import is_trace_dir
 
 __all__ = ["stamp_of", "open_dataset", "read_direct", "load_scalars", "load_series", "load_layer_series",
@@ -45,12 +47,19 @@ def open_dataset(path: str, stamp: int) -> xr.Dataset:
         raise FileNotFoundError(f"no trace store at {os.path.basename(path)!r}")
     from armt_viz.trace import open_trace
 
-    ds = open_trace(path)
+    # confined and budget-checked (trace/confine.py); in a server, the scan of the (untrusted) folder runs in a
+    # worker process with a time limit, so a hostile trace costs this process nothing
+    listing = scan_isolated(path) if open_in_background() or ISOLATE_SCAN else None
+    ds = open_trace(path, listing=listing)
     # 1-D arrays (coordinates, probe positions, the ledger) are small but stored in many tiny chunks (keyframes
     # one per chunk): read them once here, so no later selection pays a dask round trip per chunk
     names = [name for name, var in ds.variables.items()
              if var.ndim == 1 and var.chunks is not None and var.size <= 5_000_000 and name not in ds.dims]
     small = read_direct(path, ds, names)
+    with _LOCK:
+        _OPENED[(path, stamp)] = None
+        while len(_OPENED) > 64:
+            _OPENED.pop(next(iter(_OPENED)))
     return ds.assign({k: v for k, v in small.items() if k in ds.data_vars}).assign_coords(
         {k: v for k, v in small.items() if k in ds.coords})
 
@@ -63,7 +72,8 @@ def read_direct(path: str, ds: xr.Dataset, names: list[str]) -> dict[str, xr.Var
     try:
         import zarr
 
-        group = zarr.open_group(path, mode="r", use_consolidated=False)
+        # through the trace's confined store only (never a fresh look at the folder)
+        group = zarr.open_group(ds.encoding["armt_store"], mode="r", use_consolidated=False, zarr_format=3)
     except Exception:
         group = None
     for name in names:
@@ -73,6 +83,8 @@ def read_direct(path: str, ds: xr.Dataset, names: list[str]) -> dict[str, xr.Var
             if data.shape != var.shape or data.dtype.kind != np.dtype(var.dtype).kind:
                 raise ValueError("layout differs")
             out[name] = xr.Variable(var.dims, data, attrs=var.attrs)
+        except MissingChunkError:
+            raise
         except Exception:
             out[name] = var.load()
     return out
@@ -242,6 +254,78 @@ def chance_async(path: str, stamp: int, on_done) -> tuple[bool, object]:
             future = _PENDING[key] = _POOL.submit(work)
     future.add_done_callback(lambda _f: on_done())
     return False, None
+OPEN_TIMEOUT_S = float(os.environ.get("ARMT_VIZ_OPEN_TIMEOUT", "30"))  # a session gives up waiting after this
+ISOLATE_SCAN = False  # True: scan in the worker process even outside a server session (run_serve's warm-up)
+_SCAN_POOL = None
+_SCAN_LOCK = threading.Lock()
+
+
+def _scan_pool():
+    global _SCAN_POOL
+    with _SCAN_LOCK:
+        if _SCAN_POOL is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _SCAN_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_SCAN_POOL.shutdown, wait=False, cancel_futures=True)
+        return _SCAN_POOL
+
+
+def start_scan_worker() -> None:
+    """Start the scan worker process now (a server calls this at start, so the first visitor does not wait)."""
+    _scan_pool().submit(os.getpid)
+
+
+def scan_isolated(path: str, timeout: float | None = None):
+    """``confine.scan_committed(path)`` in the worker process; after ``timeout`` (default ``OPEN_TIMEOUT_S``) the
+    worker is killed (a new one starts for the next scan) and ``TimeoutError`` says so."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from armt_viz.trace.confine import default_limits, scan_committed
+
+    global _SCAN_POOL
+    pool = _scan_pool()
+    future = pool.submit(scan_committed, path, default_limits())
+    try:
+        return future.result(timeout=OPEN_TIMEOUT_S if timeout is None else timeout)
+    except FutureTimeout:
+        with _SCAN_LOCK:
+            if _SCAN_POOL is pool:
+                _SCAN_POOL = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise TimeoutError(f"checking the trace {os.path.basename(path)!r} took longer than "
+                           f"{OPEN_TIMEOUT_S if timeout is None else timeout:g} s (a very large or hostile store, or "
+                           "a slow disk); it was not opened") from None
+_OPEN_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="armt-open")
+_OPENED: dict[tuple, None] = {}  # (path, stamp) of datasets open in the cache (most recent last)
+
+
+def open_in_background() -> bool:
+    """Whether trace opening runs off the event loop: inside a server session (unless ``BACKGROUND`` says)."""
+    in_session = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+    return in_session if BACKGROUND is None else BACKGROUND
+
+
+def is_open(path: str, stamp: int) -> bool:
+    """Whether ``open_dataset(path, stamp)`` is cached (then opening is instant)."""
+    with _LOCK:
+        return (path, stamp) in _OPENED
+
+
+def open_async(path: str, stamp: int, done) -> Future:
+    """Open the trace on a worker thread; ``done(dataset_or_exception)`` is called from that thread."""
+
+    def work():
+        try:
+            result = open_dataset(path, stamp)
+        except BaseException as exc:  # noqa: BLE001 (MemoryError included: reported, the server keeps serving)
+            result = exc
+        done(result)
+
+    return _OPEN_POOL.submit(work)
 
 
 def warm(root: str, names: list[str] | None = None, *, sample: int = 0) -> None:

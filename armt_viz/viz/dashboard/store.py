@@ -25,6 +25,7 @@ from ..export import export_zip, selection_subset
 from ..explain import CONTROL_HELP, decode_tokens, range_warning, special_tokens_of
 from ..paths import TracePathError, list_traces, resolve_trace
 from . import loaders
+from .safe import escape, public_message, text_html, text_pane
 from .urlstate import TABS
 
 __all__ = ["TraceStore"]
@@ -47,6 +48,26 @@ def plain_text(value, **kw):
                                  styles={"font-size": "0.85em", "color": "#3C4043"}, **kw)
 
 
+def _data_notice(ds) -> str:
+    """What the reader should know about the data of a trace that opened: skipped chunks of an older store, or a
+    timeline with no finite value (drawn blank otherwise)."""
+    notes = []
+    if ds.attrs.get("missing_chunks"):
+        notes.append(f"{int(ds.attrs['missing_chunks'])} chunk files of this trace are absent; an older store may "
+                     "skip chunks that hold only the fill value, so those rows show as NaN.")
+    try:
+        names = [n for n in _data.TIMELINE_VARS if n in ds]
+        head = {"sample": 0, "segment": slice(0, 4096)}  # a bounded look: the first 4096 segments
+        if names and int(ds.sizes.get("segment", 0)) and not any(
+                bool(np.isfinite(np.asarray(ds[n].isel(head).values, dtype=float)).any()) for n in names[:3]):
+            notes.append(f"This trace holds no finite values in {', '.join(names[:3])} (all NaN or Inf, first "
+                         "4096 segments): the figures are blank. Record again with check_finite=True to find where "
+                         "the values broke.")
+    except Exception:  # the notice is a courtesy; the views report real errors
+        pass
+    return "\n".join(notes)
+
+
 class TraceStore(Viewer):
     """The selection and the open trace of one dashboard session.
 
@@ -67,6 +88,7 @@ class TraceStore(Viewer):
                           doc="Visible segment range of the timeline (None = whole run).")
     show_stale_mass = param.Boolean(default=False, doc=CONTROL_HELP["stale"])
     status = param.String(default="", doc="Message about the last refused or failed trace.")
+    notice = param.String(default="", doc="Information about the open trace (opening, ignored URL values, no data).")
     path = param.String(default="", doc="Real path of the open trace (inside the root).")
     stamp = param.Integer(default=0, doc="Commit stamp of the open trace (cache key).")
     version = param.Event(doc="Fires after a trace was opened (views rebuild).")
@@ -77,6 +99,8 @@ class TraceStore(Viewer):
         self._initial: dict = dict(params.pop("initial", None) or {})
         super().__init__(**params)
         self.ds: xr.Dataset | None = None
+        self._opening: tuple | None = None  # (name, path, stamp) of a trace being opened in the background
+        self._deferred: dict = {}  # URL selection values waiting for that trace
         names = self.available_traces()
         self._trace_select = pn.widgets.Select(label="Trace", options={NO_TRACE_LABEL: "", **{n: n for n in names}},
                                                value="", sizing_mode="stretch_width",
@@ -112,8 +136,9 @@ class TraceStore(Viewer):
         self.param.watch(self._update_filename, ["trace", "layer", "segment"])
         first = trace if trace is not None else self._initial.get("trace") or self._default_trace()
         if first:
-            self.trace = first
-        self._initial = {}
+            self.trace = first  # the initial selection applies once it is open (maybe in the background)
+        else:
+            self._initial = {}
 
     # ------------------------------------------------------------------ traces
     def available_traces(self) -> list[str]:
@@ -135,26 +160,70 @@ class TraceStore(Viewer):
 
     def _on_trace(self, event) -> None:
         name = event.new
+        self._opening = None
         if not name:
             self._close()
             return
         try:
             path = str(resolve_trace(self.trace_root, name))
-            stamp = loaders.stamp_of(path)
-            ds = loaders.open_dataset(path, stamp)
         except TracePathError as exc:
             log.warning("refused trace %r: %s", name[:80], exc)
-            self.status = str(exc)[0].upper() + str(exc)[1:]
-            self._close()
+            self._fail(str(exc))
             return
-        except Exception as exc:  # a corrupted or foreign store: say so, keep serving
-            log.warning("cannot open trace %r: %s", name, exc)
-            self.status = f"Cannot open {name[:80]!r}: {exc}"
-            self._close()
+        stamp = loaders.stamp_of(path)
+        if loaders.open_in_background() and not loaders.is_open(path, stamp):
+            # off the event loop, with a time limit: a slow or hostile trace never holds up other sessions
+            self._opening = token = (name, path, stamp)
+            self.notice = f"Opening {name}…"
+            doc = pn.state.curdoc
+
+            def done(result):
+                doc.add_next_tick_callback(lambda: self._opened(token, result))
+
+            loaders.open_async(path, stamp, done)
+            doc.add_timeout_callback(lambda: self._open_timed_out(token), int(loaders.OPEN_TIMEOUT_S * 1000))
             return
+        try:
+            ds = loaders.open_dataset(path, stamp)
+        except Exception as exc:  # a corrupted, foreign or hostile store: say so, keep serving
+            self._fail_open(name, exc)
+            return
+        self._apply(name, path, stamp, ds)
+
+    def _opened(self, token, result) -> None:
+        if self._opening != token:
+            return  # another trace was chosen meanwhile, or the open timed out
+        self._opening = None
+        name, path, stamp = token
+        if isinstance(result, BaseException):
+            self._fail_open(name, result)
+        else:
+            self._apply(name, path, stamp, result)
+
+    def _open_timed_out(self, token) -> None:
+        if self._opening != token:
+            return
+        self._opening = None
+        self._fail(f"Cannot open {token[0]!r}: opening it took longer than {loaders.OPEN_TIMEOUT_S:g} s (a very "
+                   "large trace, a slow disk, or a damaged store); try again later")
+
+    def _fail_open(self, name: str, exc: BaseException) -> None:
+        log.warning("cannot open trace %r: %s: %s", name[:80], type(exc).__name__, exc)
+        what = str(exc) or {"MemoryError": "the server ran out of memory while opening it"}.get(
+            type(exc).__name__, "no message")
+        self._fail(f"Cannot open {name[:80]!r}: {type(exc).__name__}: {what}")
+
+    def _fail(self, message: str) -> None:
+        message = public_message(message, self.trace_root)
+        self.notice = ""
+        self.status = message[:1].upper() + message[1:]
+        self._close()
+
+    def _apply(self, name: str, path: str, stamp: int, ds) -> None:
         self.ds = ds
         with param.parameterized.batch_call_watchers(self):
             self.status = ""
+            self.notice = _data_notice(ds)
             self.path, self.stamp = path, stamp
             n_layer, n_seg = max(_data.n_layers(ds), 1), max(_data.n_segments(ds), 1)
             n_sample = max(int(ds.sizes.get("sample", 1)), 1)
@@ -162,6 +231,14 @@ class TraceStore(Viewer):
             self.param.segment.bounds = (0, n_seg - 1)
             self.param.sample.bounds = (0, n_sample - 1)
             want = self._initial if self._initial.get("trace", name) == name else {}
+            ignored = list(want.get("ignored", []))
+            for key, n in (("layer", n_layer), ("sample", n_sample), ("segment", n_seg)):
+                if key in want and not 0 <= int(want[key]) <= n - 1:
+                    ignored.append(f"{key}={str(want[key])[:40]!r} (this trace has 0-{n - 1})")
+            if ignored:
+                self.notice = ((self.notice + "\n") if self.notice else "") + "Ignored URL value" + \
+                    ("s " if len(ignored) > 1 else " ") + ", ".join(ignored) + \
+                    ": expected whole numbers within the trace's range."
             # a switch keeps what still applies (layer, sample) and resets the rest (segment, zoom)
             self.layer = _clamp(want.get("layer", self.layer), n_layer - 1)
             self.sample = _clamp(want.get("sample", self.sample), n_sample - 1)
@@ -183,7 +260,40 @@ class TraceStore(Viewer):
         if self._trace_select.value != name:
             self._trace_select.value = name if name in self._trace_select.options.values() else ""
         self._refresh_facts()
+        self._initial = {}  # the URL's selection applied to the trace it named; a later switch starts fresh
         self.param.trigger("version")
+        if self._deferred:
+            deferred, self._deferred = self._deferred, {}
+            self.apply_url_values(deferred)
+
+    def apply_url_values(self, values: dict) -> None:
+        """Selection values from the page URL that could not be applied at once (the location sync's
+        ``on_error``): applied one by one once the trace is open; a value that does not fit is named in the
+        notice instead of being dropped without a word."""
+        values = dict(values)
+        trace = values.pop("trace", None)
+        if trace is not None and trace != self.trace:
+            self.trace = str(trace)
+        if self._opening is not None:
+            self._deferred.update(values)
+            return
+        refused = []
+        for key, value in values.items():
+            if key not in ("sample", "layer", "segment", "fact"):
+                continue
+            try:
+                if key == "fact":
+                    self.fact = int(value)
+                else:
+                    setattr(self, key, int(value))
+            except Exception:
+                lo, hi = self.param[key].bounds if key != "fact" else (None, None)
+                rng = f" (this trace has {lo}-{hi})" if lo is not None and self.ds is not None else ""
+                refused.append(f"{key}={str(value)[:40]!r}{rng}")
+        if refused:
+            note = "Ignored URL value" + ("s " if len(refused) > 1 else " ") + ", ".join(refused) + \
+                ": expected whole numbers within the trace's range."
+            self.notice = (self.notice + "\n" if self.notice else "") + note
 
     # ------------------------------------------------------------------ live traces
     def refresh(self) -> bool:
@@ -243,6 +353,7 @@ class TraceStore(Viewer):
 
     def _close(self) -> None:
         self.ds = None
+        self._opening = None
         if self._trace_select.value != "":
             self._trace_select.value = ""
         with param.parameterized.batch_call_watchers(self):
@@ -297,11 +408,18 @@ class TraceStore(Viewer):
 
     def _export_selection(self):
         if self.ds is None:
+            self.status = "Nothing to export: no trace is open."
             return None
-        tree = selection_subset(self.ds, segment=self.segment, layer=self.layer,
-                                fact=None if self.fact == NO_FACT else self.fact, x_range=self.x_range,
-                                sample=self.sample, trace_name=self.trace)
-        return export_zip(tree, name=self._export.filename.removesuffix(".zip"))
+        try:
+            tree = selection_subset(self.ds, segment=self.segment, layer=self.layer,
+                                    fact=None if self.fact == NO_FACT else self.fact, x_range=self.x_range,
+                                    sample=self.sample, trace_name=self.trace)
+            return export_zip(tree, name=self._export.filename.removesuffix(".zip"))
+        except Exception as exc:  # missing or unreadable data is refused, and said so
+            log.warning("export of %r failed: %s: %s", self.trace[:80], type(exc).__name__, exc)
+            self.status = public_message(f"Export refused: {type(exc).__name__}: {exc or 'no message'}",
+                                         self.trace_root)
+            return None
 
     # ------------------------------------------------------------------ panel
     @property
@@ -344,26 +462,27 @@ class TraceStore(Viewer):
         return range_warning(self.ds.attrs, self.n_segments) or ""
 
     def info(self) -> str:
-        """A short Markdown description of the open trace."""
+        """A short description of the open trace, as escaped HTML (names and attributes are data)."""
         if self.ds is None:
-            return "No trace open." if self.status else "No trace open: choose one above."
+            return text_html("No trace open." if self.status else "No trace open: choose one above.")
         ds = self.ds
         n_tok = int(np.asarray(ds["segment_length"].values).sum()) if "segment_length" in ds else None
-        lines = [f"**{self.trace}**",
-                 f"level `{_data.trace_level(ds)}` · {_data.n_segments(ds):,} segments"
+        lines = [f"<b>{escape(self.trace)}</b>",
+                 f"level <code>{escape(_data.trace_level(ds))}</code> · {_data.n_segments(ds):,} segments"
                  + (f" · {n_tok:,} tokens" if n_tok else "") + f" · {_data.n_layers(ds)} layers",
                  f"{int(ds.sizes.get('probe', 0)):,} probes · {int(ds.sizes.get('event', 0)):,} ledger events"]
         if not int(ds.attrs.get("complete", 1)):
-            lines.append("*recording in progress: showing the committed prefix*")
-        return "\n\n".join(lines)
+            lines.append("<i>recording in progress: showing the committed prefix</i>")
+        return '<div style="font-size:0.85em;color:#3C4043">' + "".join(f"<p>{x}</p>" for x in lines) + "</div>"
 
     def controls(self) -> pn.Column:
         """The sidebar: the labelled selection controls (Sample only for a multi-sample trace), export and
         status."""
-        info = pn.pane.Markdown(pn.bind(lambda *_: self.info(), self.param.version, self.param.status),
-                                sizing_mode="stretch_width", styles={"font-size": "0.85em", "color": "#3C4043"})
-        alert = pn.pane.Alert(self.param.status, alert_type="warning", visible=self.param.status.rx.bool(),
-                              sizing_mode="stretch_width")
+        info = pn.pane.HTML(pn.bind(lambda *_: self.info(), self.param.version, self.param.status),
+                            sizing_mode="stretch_width")
+        # the status (warning) and the notice (information): text, never markup (safe.py)
+        alert = pn.Column(text_pane(self.param.status, "warning"), text_pane(self.param.notice, "info"),
+                          sizing_mode="stretch_width")
         watched = (self.param.version, self.param.segment, self.param.fact, self.param.sample)
         tokens = plain_text(pn.bind(lambda *_: self.segment_text(), *watched), css_classes=["armt-tokens"])
         query = plain_text(pn.bind(lambda *_: self.query_text(), *watched), css_classes=["armt-tokens"])

@@ -54,7 +54,8 @@ def _first(value):
 
 
 def query_to_state(query: Mapping) -> dict:
-    """The view state a URL query asks for (``pn.state.session_args`` lists of bytes, or plain strings)."""
+    """The view state a URL query asks for (``pn.state.session_args`` lists of bytes, or plain strings). Values
+    that do not parse are listed under ``"ignored"`` (``key='value'`` strings) so the page can name them."""
     state: dict = {}
     for key, raw in query.items():
         value = _first(raw)
@@ -78,6 +79,7 @@ def query_to_state(query: Mapping) -> dict:
                 state["zoom"] = (lo_f, hi_f)
         except (TypeError, ValueError) as exc:
             log.info("ignoring URL parameter %s=%r: %s", key, str(value)[:80], exc)
+            state.setdefault("ignored", []).append(f"{key}={str(value)[:40]!r}")
     return state
 
 

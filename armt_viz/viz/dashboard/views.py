@@ -25,6 +25,7 @@ from .._spec import move_segment_line
 from ..explain import HOW_TO_READ
 from ..figures_timeline import layer_comparison_figure, timeline_figure
 from . import loaders
+from .safe import public_message
 from .store import NO_FACT, TraceStore
 
 __all__ = ["TraceView", "TimelineView", "AssocView", "WritesView", "FactView", "StaleView", "LayersView", "VIEWS",
@@ -149,7 +150,8 @@ class TraceView(Viewer):
                 fig = self.figure()
             except Exception as exc:  # keep serving; say what broke
                 log.exception("%s failed", type(self).__name__)
-                fig = message_figure(self.title, f"Could not draw this view: {type(exc).__name__}: {exc}")
+                text = public_message(f"{type(exc).__name__}: {exc or 'no message'}", st.trace_root)
+                fig = message_figure(self.title, f"Could not draw this view: {text}")
         self.pane.height = int(fig.layout.height or 400)
         self.pane.object = fig
         self._drawn = selection
