@@ -35,9 +35,12 @@ def test_smoke_train_writes_checkpoint_and_resumes(tmp_path):
     assert model.config.segment_size == 4
 
 
-def test_resume_without_checkpoint_fails(tmp_path):
+def test_resume_without_checkpoint_fails(tmp_path, capsys):
+    # a user error: one line on stderr and exit 2 (the CLI's contract); --debug raises the error itself
+    assert main(["train", "--smoke", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        main(["train", "--smoke", "--out", str(tmp_path / "none"), "--resume"])
+        main(["--debug", "train", "--smoke", "--out", str(tmp_path / "none"), "--resume"])
 
 
 def test_time_budget_stops_mid_stage_and_resume_finishes(tmp_path):

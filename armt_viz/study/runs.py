@@ -228,13 +228,14 @@ def causal_test(model, ds: xr.Dataset, run: xr.Dataset, horizon: int, *, seed: i
     ids = ids[ids >= 0].astype(np.int64)
     base = (s_star + 1) * S
     import torch
+    # positions counted from the replay's first token (positions="relative" below)
     probes = [(0, int(t) - base - 1 + j) for t in tok[mine] for j in range(V + 1)]
     truth = np.stack([ids[tok[mine] - base + j] for j in range(V + 1)], 1) if len(mine) else np.zeros((0, V + 1))
     acc, lo, hi, n = [], [], [], []
     for edits in ([], edits_stale, edits_rand):
         if len(mine):
             rep = replay(model, ds, s_star + 1, tokens=torch.as_tensor(ids[None]), edits=edits, level="summary",
-                         probes=probes)
+                         probes=probes, positions="relative")
             pred = rep["probe_prediction"].values.reshape(len(mine), V + 1)
             ok = (pred == truth).all(1)
         else:

@@ -89,7 +89,9 @@ class WriterLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         for _ in range(20):  # retry if the file was replaced between open and lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            # the lock is held through a read-only descriptor (flock allows that), so a recording never keeps a
+            # file open for writing: a filesystem can still be remounted read-only under it
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -111,9 +113,13 @@ class WriterLock:
             if previous.get("pid") not in (None, me["pid"]):
                 log.warning("taking over the stale writer lock of %s (%s): that writer is gone",
                             self.store.name, _describe(previous))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
-            os.fsync(fd)
+            wfd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:  # another descriptor: closing it keeps the flock of `fd`
+                os.ftruncate(wfd, 0)
+                os.pwrite(wfd, json.dumps(me).encode(), 0)
+                os.fsync(wfd)
+            finally:
+                os.close(wfd)
             self._fd = fd
             return self
         raise StoreLockedError(f"could not lock {self.path.name!r}: it keeps being replaced by another process")
@@ -134,7 +140,8 @@ class WriterLock:
                 raise self._refuse(owner) from None
             os.write(fd, json.dumps(me).encode())
             os.fsync(fd)
-            self._fd = fd
+            os.close(fd)  # held read-only (see acquire)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
             return self
         raise self._refuse(self._read_owner())
 
@@ -145,6 +152,8 @@ class WriterLock:
             os.unlink(self.path)  # while still holding the lock: no one can lock this inode afterwards
         except FileNotFoundError:
             pass
+        except OSError as exc:  # e.g. the filesystem turned read-only: the lock still ends when fd closes
+            log.warning("could not remove the writer lock %s: %s", self.path.name, exc)
         os.close(self._fd)
         self._fd = None
 

@@ -34,7 +34,7 @@ def test_query_round_trips_and_bad_values_are_dropped():
         want = {k: v for k, v in state.items() if v is not None}
         assert query_to_state(state_to_query(state)) == want
     got = query_to_state({"trace": [b"a.zarr"], "segment": [b"x"], "layer": "2", "tab": "nope", "zoom": "9-3"})
-    assert got == {"trace": "a.zarr", "layer": 2}
+    assert got == {"trace": "a.zarr", "layer": 2, "ignored": ["segment='x'", "tab='nope'", "zoom='9-3'"]}
     assert query_string({}) == "" and query_string({"segment": 3}) == "?segment=3"
 
 
