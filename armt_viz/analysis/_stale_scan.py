@@ -33,13 +33,42 @@ class StaleScan:
         self.fh, self.dh = config.d_key // H, hidden // H
         self.A = np.zeros((n_layers, H, self.fh, self.dh))
         self.z = np.zeros((n_layers, H, self.fh))
-        self.pools = np.zeros((n_layers, H, self.fh, 2 * self.dh))  # [..., :dh] SUP, [..., dh:] SO
-        self.K = np.zeros((n_layers, H, self.fh, 0))  # live eroded keys, one column per live write
+        # one buffer: the pools ([..., :dh] SUP, [..., dh:2dh] SO) then the live eroded keys (one column per live
+        # write), with spare columns, so one product erodes both
+        self.X = np.zeros((n_layers, H, self.fh, 2 * self.dh + 64))
+        self.n = 0  # live columns
         self.V = np.zeros((n_layers, H, 0, self.dh))  # their values beta v (per head block)
         self.ta = np.zeros(0, dtype=np.int64)
         self.tb = np.zeros(0, dtype=np.int64)
         self.src = np.zeros(0, dtype=np.int64)  # origin segment of each live column
         self.segments = 0
+
+    @property
+    def pools(self) -> np.ndarray:
+        return self.X[..., : 2 * self.dh]
+
+    @pools.setter
+    def pools(self, value) -> None:
+        self.X[..., : 2 * self.dh] = value
+
+    @property
+    def K(self) -> np.ndarray:
+        return self.X[..., 2 * self.dh: 2 * self.dh + self.n]
+
+    @K.setter
+    def K(self, value) -> None:
+        value = np.asarray(value)
+        self.n = 0
+        self._reserve(value.shape[-1])
+        self.X[..., 2 * self.dh: 2 * self.dh + value.shape[-1]] = value
+        self.n = value.shape[-1]
+
+    def _reserve(self, extra: int) -> None:
+        need = 2 * self.dh + self.n + extra
+        if need > self.X.shape[-1]:
+            grown = np.zeros(self.X.shape[:-1] + (max(need, 2 * self.X.shape[-1]),))
+            grown[..., : 2 * self.dh + self.n] = self.X[..., : 2 * self.dh + self.n]
+            self.X = grown
 
     # ------------------------------------------------------------------------------------------ per block
     def _reads(self, ph, u, gamma):
@@ -101,41 +130,47 @@ class StaleScan:
         phT = ph.transpose(0, 1, 3, 2, 4)  # [B, L, H, J, fh]
         bvT = bv.transpose(0, 1, 3, 2, 4)  # [B, L, H, J, dh]
         cT = coef.transpose(0, 1, 3, 2)[..., None]  # [B, L, H, J, 1]
-        pools = self.pools
+        D2 = 2 * dh
         for i in range(B):
             t = t0 + i
             p = phT[i]
             pt = p.transpose(0, 1, 3, 2)  # [L, H, fh, J]
             if erode_all and not (first and i == 0):
-                c = cT[i]
-                pools -= pt @ ((p @ pools) * c)
-                if self.K.shape[-1]:
-                    self.K = self.K - pt @ ((p @ self.K) * c)
+                X = self.X[..., : D2 + self.n]
+                X -= pt @ ((p @ X) * cT[i])
             k = int(kind[t])
             if k == 0:
-                self.K = np.concatenate([self.K, pt], axis=-1)
+                self._reserve(J)
+                self.X[..., D2 + self.n: D2 + self.n + J] = pt
+                self.n += J
                 self.V = np.concatenate([self.V, bvT[i]], axis=-2)
                 self.ta = np.r_[self.ta, np.full(J, tau_a[t])]
                 self.tb = np.r_[self.tb, np.full(J, tau_b[t])]
                 self.src = np.r_[self.src, np.full(J, t)]
             elif k == 2:  # settled "other": into SO only
-                pools[..., dh:] += pt @ bvT[i]
+                self.X[..., dh:D2] += pt @ bvT[i]
+            pools = self.X[..., :D2]
             done = self.tb <= t
             if done.any():
                 cols = np.flatnonzero(done)
                 settled = self.K[..., cols] @ self.V[..., cols, :]
-                pools[..., :dh] += settled
-                pools[..., dh:] += settled
+                pools.reshape(L, H, fh, 2, dh)[...] += settled[..., None, :]  # into SUP and SO
                 keep = np.flatnonzero(~done)
-                self.K, self.V = self.K[..., keep], self.V[..., keep, :]
+                self.X[..., D2: D2 + len(keep)] = self.X[..., D2 + keep]
+                self.n = len(keep)
+                self.V = self.V[..., keep, :]
                 self.ta, self.tb, self.src = self.ta[keep], self.tb[keep], self.src[keep]
-            sup = pools[..., :dh]
-            out[0, i] = np.sqrt(np.einsum("lhfd,lhfd->l", sup, sup))
+            sq = np.einsum("lhfd,lhfd->lhd", pools, pools)  # [L, H, 2 dh]
+            out[0, i] = sq[..., :dh].sum((1, 2))
+            so_sq = sq[..., dh:].sum((1, 2))
             mixed = np.flatnonzero(self.ta <= t)
-            so = pools[..., dh:]
-            if len(mixed):
-                so = so + self.K[..., mixed] @ self.V[..., mixed, :]
-            out[1, i] = np.sqrt(np.einsum("lhfd,lhfd->l", so, so))
+            if len(mixed):  # |SO + Km Vm|^2 = |SO|^2 + 2 <Km^T SO, Vm> + <Km^T Km, Vm Vm^T>   (per head)
+                Km, Vm = self.K[..., mixed], self.V[..., mixed, :]
+                KtK = Km.transpose(0, 1, 3, 2) @ Km
+                so_sq = (so_sq + 2 * ((Km.transpose(0, 1, 3, 2) @ pools[..., dh:]) * Vm).sum((1, 2, 3))
+                         + (KtK * (Vm @ Vm.transpose(0, 1, 3, 2))).sum((1, 2, 3)))
+            out[1, i] = so_sq
+        out[:2] = np.sqrt(np.maximum(out[:2], 0.0))
         self.segments += B
         return out
 
