@@ -51,7 +51,26 @@ def clear_memory_cache() -> None:
         _memory.clear()
 
 
+_fp_memo: dict[int, tuple] = {}  # id(Dataset) -> (weakref to it, fingerprint): one hash per opened trace
+
+
 def fingerprint(ds: xr.Dataset) -> str:
+    """`_fingerprint` of `ds`, computed once per Dataset object (the dashboard keeps one per committed state)."""
+    import weakref
+    hit = _fp_memo.get(id(ds))
+    if hit is not None and hit[0]() is ds:
+        return hit[1]
+    fp = _fingerprint(ds)
+    try:
+        _fp_memo[id(ds)] = (weakref.ref(ds), fp)
+    except TypeError:  # not weak-referenceable: no memo
+        pass
+    if len(_fp_memo) > 64:
+        _fp_memo.pop(next(iter(_fp_memo)))
+    return fp
+
+
+def _fingerprint(ds: xr.Dataset) -> str:
     """What the cached norms depend on besides the segment count: metric version, model and record configs, the
     ledger, the trace's shape and its first segment's write events (a store recorded again differs there)."""
     h = hashlib.sha256(METRIC_VERSION.encode())
