@@ -6,14 +6,14 @@ two norms the stale mass needs, so it equals it to float64 rounding (tested):
 
 * The memory is block-diagonal over heads, so every matrix is stored per head: [layer, head, F/H, hidden/H]
   (H times less work than the masked dense layout).
-* Only two dense pools are kept: SUP (superseded origins) and SO = SUP + OTH (superseded and settled "other"
-  origins); no-fact origins never enter a stale norm, so they are not tracked (A is rebuilt separately).
+* Only two dense pools are kept: SUP (superseded origins) and OTH (settled "other" origins, eroded only once
+  one exists); no-fact origins never enter a stale norm, so they are not tracked (A is rebuilt separately).
 * Live origins (a segment holding fact versions not yet all superseded) are (eroded key, value) column pairs,
-  eroded on the key side only; a column settles into both pools when its last version is superseded.
+  eroded on the key side only; a column settles into SUP when its last version is superseded.
 * Per block, without a per-segment loop: features phi, the normaliser z before every segment (a cumulative sum),
   the reads phi_t A_{t-1} from a strict-lower Gram matrix of the block's writes (so v-bar, beta v and the erosion
   coefficients beta / D of every segment come from a few large products), and |A_t|_F from the same reads.
-  The per-segment loop is left with the erosion of the pools and of the live keys (two batched products) and
+  The per-segment loop is left with the erosion of the pools and the live keys (one batched product) and
   the two norms.
 """
 
@@ -33,10 +33,11 @@ class StaleScan:
         self.fh, self.dh = config.d_key // H, hidden // H
         self.A = np.zeros((n_layers, H, self.fh, self.dh))
         self.z = np.zeros((n_layers, H, self.fh))
-        # one buffer: the pools ([..., :dh] SUP, [..., dh:2dh] SO) then the live eroded keys (one column per live
-        # write), with spare columns, so one product erodes both
+        # one buffer: the pools ([..., :dh] OTH, [..., dh:2dh] SUP) then the live eroded keys (one column per live
+        # write), with spare columns, so one product erodes them all (OTH only once something entered it)
         self.X = np.zeros((n_layers, H, self.fh, 2 * self.dh + 64))
         self.n = 0  # live columns
+        self.oth_used = np.zeros(1, dtype=bool)
         self.V = np.zeros((n_layers, H, 0, self.dh))  # their values beta v (per head block)
         self.ta = np.zeros(0, dtype=np.int64)
         self.tb = np.zeros(0, dtype=np.int64)
@@ -136,7 +137,7 @@ class StaleScan:
             p = phT[i]
             pt = p.transpose(0, 1, 3, 2)  # [L, H, fh, J]
             if erode_all and not (first and i == 0):
-                X = self.X[..., : D2 + self.n]
+                X = self.X[..., (0 if self.oth_used[0] else dh): D2 + self.n]
                 X -= pt @ ((p @ X) * cT[i])
             k = int(kind[t])
             if k == 0:
@@ -147,27 +148,29 @@ class StaleScan:
                 self.ta = np.r_[self.ta, np.full(J, tau_a[t])]
                 self.tb = np.r_[self.tb, np.full(J, tau_b[t])]
                 self.src = np.r_[self.src, np.full(J, t)]
-            elif k == 2:  # settled "other": into SO only
-                self.X[..., dh:D2] += pt @ bvT[i]
+            elif k == 2:  # settled "other"
+                self.X[..., :dh] += pt @ bvT[i]
+                self.oth_used[0] = True
             pools = self.X[..., :D2]
             done = self.tb <= t
             if done.any():
                 cols = np.flatnonzero(done)
                 settled = self.K[..., cols] @ self.V[..., cols, :]
-                pools.reshape(L, H, fh, 2, dh)[...] += settled[..., None, :]  # into SUP and SO
+                self.X[..., dh:D2] += settled  # into SUP
                 keep = np.flatnonzero(~done)
                 self.X[..., D2: D2 + len(keep)] = self.X[..., D2 + keep]
                 self.n = len(keep)
                 self.V = self.V[..., keep, :]
                 self.ta, self.tb, self.src = self.ta[keep], self.tb[keep], self.src[keep]
-            sq = np.einsum("lhfd,lhfd->lhd", pools, pools)  # [L, H, 2 dh]
-            out[0, i] = sq[..., :dh].sum((1, 2))
-            so_sq = sq[..., dh:].sum((1, 2))
+            sup = pools[..., dh:]
+            out[0, i] = np.einsum("lhfd,lhfd->l", sup, sup)
+            so = sup + pools[..., :dh] if self.oth_used[0] else sup  # SUP + OTH
+            so_sq = out[0, i] if so is sup else np.einsum("lhfd,lhfd->l", so, so)
             mixed = np.flatnonzero(self.ta <= t)
             if len(mixed):  # |SO + Km Vm|^2 = |SO|^2 + 2 <Km^T SO, Vm> + <Km^T Km, Vm Vm^T>   (per head)
                 Km, Vm = self.K[..., mixed], self.V[..., mixed, :]
                 KtK = Km.transpose(0, 1, 3, 2) @ Km
-                so_sq = (so_sq + 2 * ((Km.transpose(0, 1, 3, 2) @ pools[..., dh:]) * Vm).sum((1, 2, 3))
+                so_sq = (so_sq + 2 * ((Km.transpose(0, 1, 3, 2) @ so) * Vm).sum((1, 2, 3))
                          + (KtK * (Vm @ Vm.transpose(0, 1, 3, 2))).sum((1, 2, 3)))
             out[1, i] = so_sq
         out[:2] = np.sqrt(np.maximum(out[:2], 0.0))

@@ -39,8 +39,8 @@ __all__ = ["CACHE_FILE", "METRIC_VERSION", "cached_origin_norms", "cached_origin
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "armt_derived_origin_stale.npz"
-METRIC_VERSION = "origin-stale-norms/1"
-_STATE = ("A", "z", "pools", "K", "V", "ta", "tb", "src")
+METRIC_VERSION = "origin-stale-norms/2"
+_STATE = ("A", "z", "pools", "K", "V", "ta", "tb", "src", "oth_used")
 _memory: dict[tuple[str, str], dict] = {}
 _lock = threading.Lock()
 
