@@ -49,6 +49,7 @@ def clear_memory_cache() -> None:
     """Forget every in-process cached result (tests, or to free memory)."""
     with _lock:
         _memory.clear()
+        _fp_memo.clear()
 
 
 _fp_memo: dict[int, tuple] = {}  # id(Dataset) -> (weakref to it, fingerprint): one hash per opened trace
