@@ -114,3 +114,14 @@ def test_bad_input_is_refused(tmp_path):
         C.cached_origin_norms(ds.isel(segment=slice(3, None)), tmp_path)
     with pytest.raises(TypeError, match="progress"):
         C.cached_origin_norms(ds, tmp_path, progress=5)
+
+
+def test_progress_reports_every_block_and_tqdm_works(capsys):
+    ds = _trace()
+    ticks = []
+    got = O.origin_stale_mass(ds, progress=lambda d, n: ticks.append((d, n)), block_segments=5)
+    assert ticks == [(5, T), (10, T), (15, T), (20, T), (T, T), (T, T)]  # each block, then the end
+    np.testing.assert_allclose(got.values, O.origin_stale_mass(ds).values, rtol=EXACT, equal_nan=True)
+    bar = O.origin_stale_mass(ds, progress=True)  # a tqdm bar (stderr), same values
+    np.testing.assert_allclose(bar.values, got.values, rtol=EXACT, equal_nan=True)
+    assert "origin stale mass" in capsys.readouterr().err
