@@ -38,6 +38,8 @@ def test_overlay_runs_in_the_background_with_progress_and_reads_back_from_the_ca
     assert note is None
     assert (40, 40) in seen  # the scan reported how far it was (one block here)
     assert (tmp_path / "t.zarr" / CACHE_FILE).is_file()
+    from armt_viz.trace.guard import check_removable
+    check_removable(tmp_path / "t.zarr")  # the cache file does not make the store look foreign to the recorder
     direct = stale_mass(open_trace(path), method="origin").isel(sample=0, layer=1).values
     np.testing.assert_allclose(series.values, direct, rtol=1e-10, equal_nan=True)
     assert np.nanmax(direct) > 0
