@@ -89,9 +89,13 @@ def _fingerprint(ds: xr.Dataset) -> str:
     return h.hexdigest()
 
 
-def _read_file(path: Path, fp: str) -> dict | None:
+def _read_file(path: Path, fp: str, limit_bytes: int) -> dict | None:
     f = path / CACHE_FILE
     if not f.is_file():
+        return None
+    if f.stat().st_size > limit_bytes:
+        log.warning("stale-mass cache %s is larger than this trace's norms and scan state can be (%d > %d bytes): "
+                    "ignored and rebuilt", f, f.stat().st_size, limit_bytes)
         return None
     try:
         with np.load(f, allow_pickle=False) as z:
@@ -169,9 +173,18 @@ def cached_origin_norms(ds: xr.Dataset, path=None, *, ledger=None, progress=None
     with _lock:
         entry = _memory.get(key)
     if (entry is None or entry["n"] < n_seg) and root is not None:
-        on_disk = _read_file(root, fp)
+        # twice what norms (3 float64 per sample, segment, layer) and the scan state (A, pools and at most one
+        # live key and value per write event, per layer) can take
+        writes = n_seg * ds.sizes["mem_token"]
+        cells = 3 * n_seg + config.d_key * (3 * hidden + 64 + writes) + hidden * writes
+        limit = 16 * n_samples * n_layer * cells + (1 << 20)
+        on_disk = _read_file(root, fp, limit)
         if on_disk is not None and (entry is None or on_disk["n"] > entry["n"]):
             entry = on_disk
+    if entry is not None and entry["norms"].shape != (3, n_samples, entry["n"], n_layer):
+        log.warning("stale-mass cache for %s has shape %s, expected (3, %d, %d, %d): rebuilding", root,
+                    entry["norms"].shape, n_samples, entry["n"], n_layer)
+        entry = None
     if entry is not None and entry["n"] > n_seg:
         log.info("stale-mass cache covers %d segments but the trace commits %d: rebuilding", entry["n"], n_seg)
         entry = None

@@ -125,3 +125,22 @@ def test_progress_reports_every_block_and_tqdm_works(capsys):
     bar = O.origin_stale_mass(ds, progress=True)  # a tqdm bar (stderr), same values
     np.testing.assert_allclose(bar.values, got.values, rtol=EXACT, equal_nan=True)
     assert "origin stale mass" in capsys.readouterr().err
+
+
+def test_an_oversized_or_misshapen_cache_file_is_ignored(tmp_path, monkeypatch):
+    ds = _trace()
+    C.cached_origin_norms(ds, tmp_path)
+    f = tmp_path / C.CACHE_FILE
+    with np.load(f) as z:
+        arrays = dict(z)
+    arrays["norms"] = arrays["norms"][:, :, :, :1]  # right fingerprint, wrong shape
+    np.savez(f, **arrays)
+    C.clear_memory_cache()
+    seen = _calls(monkeypatch)
+    got = C.cached_origin_norms(ds, tmp_path)
+    assert seen == [(0, T)] and got.shape == (3, 1, T, 2)
+    with open(f, "ab") as fh:  # far larger than norms and state can be
+        fh.write(b"\0" * (64 << 20))
+    C.clear_memory_cache()
+    C.cached_origin_norms(ds, tmp_path)
+    assert len(seen) == 2
