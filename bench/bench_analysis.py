@@ -54,6 +54,7 @@ def build_store(path: Path, n_segments: int, *, chunk: int = 1024, n_probes: int
     key = rs.normal(size=(1, n_segments, LAYERS, MEM, D_MEM), chunks=chunks + (D_MEM,)).astype(np.float16)
     delta = (0.1 * rs.normal(size=(1, n_segments, LAYERS, MEM, HIDDEN), chunks=chunks + (HIDDEN,))).astype(np.float16)
     gamma = rs.uniform(size=(1, n_segments, LAYERS, MEM, 1), chunks=chunks + (1,)).astype(np.float32)
+    gate = rs.uniform(0.2, 1.0, size=(1, n_segments, LAYERS, MEM), chunks=chunks).astype(np.float32)
     rng = np.random.default_rng(seed)
     probe_segment = np.sort(rng.integers(int(n_segments * 0.9), n_segments, n_probes))
     stream = make_stream(StreamConfig(n_keys=64, key_size=2, value_size=1, segment_size=SEG, events_per_segment=3,
@@ -66,7 +67,7 @@ def build_store(path: Path, n_segments: int, *, chunk: int = 1024, n_probes: int
     ds = xr.Dataset(
         {
             "write_key": var("write_key", key), "write_delta": var("write_delta", delta),
-            "write_correction": var("write_correction", gamma),
+            "write_correction": var("write_correction", gamma), "write_gate": var("write_gate", gate),
             "read_query": var("read_query", rng.uniform(size=(n_probes, LAYERS, config.d_key)).astype(np.float32)),
             "read_out": var("read_out", rng.normal(size=(n_probes, LAYERS, HIDDEN)).astype(np.float32)),
             "read_denominator": var("read_denominator", np.ones((n_probes, LAYERS, 1), np.float32)),
