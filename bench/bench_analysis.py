@@ -10,7 +10,13 @@ per segment), then measures, side by side in one run:
 * stale-mass throughput: segments per second of `stale_mass` (every segment, every layer);
 * both in-process (dask threaded scheduler) and on a LocalCluster of process workers, printed as ratios;
 * the peak RSS of each worker (sampled with psutil) while `stale_mass` runs over the long trace (`--long-segments` x 16 tokens;
-  625000 segments = 10M tokens), next to the short trace's, to show that worker memory does not grow with length.
+  625000 segments = 10M tokens), next to the short trace's, to show that worker memory does not grow with length;
+* the origin stale mass (`stale_mass(method="origin")`, issue 15's stale overlay) on the short trace, or on a
+  recorded trace given with `--origin-trace PATH` (e.g. the demo model's stream at level writes): cold (every
+  layer scanned, as the dashboard does) vs read back from the cache beside the trace (`analysis.stale_cache`),
+  vs the per-write metric, plus an incremental update after the last 10 % of segments were committed; and the
+  cold time extrapolated linearly to `--extrapolate-tokens` (the scan's cost per segment is constant once the
+  live-version count has settled: an extrapolation, not a measurement).
 
 The synthetic write events are random (the memory math does not care), so these are throughput and memory
 figures, not a statement about a trained model.
@@ -48,6 +54,7 @@ def build_store(path: Path, n_segments: int, *, chunk: int = 1024, n_probes: int
     key = rs.normal(size=(1, n_segments, LAYERS, MEM, D_MEM), chunks=chunks + (D_MEM,)).astype(np.float16)
     delta = (0.1 * rs.normal(size=(1, n_segments, LAYERS, MEM, HIDDEN), chunks=chunks + (HIDDEN,))).astype(np.float16)
     gamma = rs.uniform(size=(1, n_segments, LAYERS, MEM, 1), chunks=chunks + (1,)).astype(np.float32)
+    gate = rs.uniform(0.2, 1.0, size=(1, n_segments, LAYERS, MEM), chunks=chunks).astype(np.float32)
     rng = np.random.default_rng(seed)
     probe_segment = np.sort(rng.integers(int(n_segments * 0.9), n_segments, n_probes))
     stream = make_stream(StreamConfig(n_keys=64, key_size=2, value_size=1, segment_size=SEG, events_per_segment=3,
@@ -60,7 +67,7 @@ def build_store(path: Path, n_segments: int, *, chunk: int = 1024, n_probes: int
     ds = xr.Dataset(
         {
             "write_key": var("write_key", key), "write_delta": var("write_delta", delta),
-            "write_correction": var("write_correction", gamma),
+            "write_correction": var("write_correction", gamma), "write_gate": var("write_gate", gate),
             "read_query": var("read_query", rng.uniform(size=(n_probes, LAYERS, config.d_key)).astype(np.float32)),
             "read_out": var("read_out", rng.normal(size=(n_probes, LAYERS, HIDDEN)).astype(np.float32)),
             "read_denominator": var("read_denominator", np.ones((n_probes, LAYERS, 1), np.float32)),
@@ -185,6 +192,63 @@ def measure_long(path, workers: int, probes: int) -> dict:
             "client_rss_peak_mb": me.peaks_mb()[0]}
 
 
+def measure_origin(path, extrapolate_tokens: int = 1 << 20) -> dict:
+    """Origin stale mass cold / cached / incremental vs the per-write metric on the trace at `path` (one thread)."""
+    import dask
+
+    from armt_viz.analysis import stale_cache
+    from armt_viz.analysis import stale_mass
+    from armt_viz.analysis._common import config_of
+
+    def reopen():
+        try:
+            from armt_viz.trace import open_trace
+            return open_trace(path)
+        except Exception:  # the synthetic stores carry no commit marker
+            return _open(path)
+    ds = reopen()
+    n, layers = ds.sizes["segment"], ds.sizes["layer"]
+    seg_tokens = config_of(ds).segment_size
+    cache_file = Path(path) / stale_cache.CACHE_FILE
+    with dask.config.set(scheduler="synchronous"):
+        t0 = time.perf_counter()
+        stale_mass(ds, method="write").compute()
+        write_s = time.perf_counter() - t0
+        cache_file.unlink(missing_ok=True)
+        stale_cache.clear_memory_cache()
+        ticks = []
+        t0 = time.perf_counter()
+        stale_cache.cached_origin_norms(ds, path, progress=lambda d, t: ticks.append(d))
+        cold_s = time.perf_counter() - t0
+        stale_cache.clear_memory_cache()
+        t0 = time.perf_counter()  # as a fresh process: open the trace, fingerprint it, read the cache file
+        stale_cache.cached_origin_stale_mass(reopen(), path).isel(layer=0).values
+        disk_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stale_cache.cached_origin_stale_mass(ds, path).isel(layer=0).values
+        memory_s = time.perf_counter() - t0
+        # a growing trace: 90 % cached, then the rest committed
+        cache_file.unlink(missing_ok=True)
+        stale_cache.clear_memory_cache()
+        stale_cache.cached_origin_norms(ds.isel(segment=slice(0, int(0.9 * n))), path)
+        stale_cache.clear_memory_cache()
+        t0 = time.perf_counter()
+        stale_cache.cached_origin_norms(ds, path)
+        incremental_s = time.perf_counter() - t0
+    per_segment = cold_s / n
+    target_segments = extrapolate_tokens // seg_tokens
+    return {"trace": str(path), "segments": n, "layers": layers, "tokens": n * seg_tokens,
+            "write_metric_s": round(write_s, 3), "origin_cold_s": round(cold_s, 3),
+            "origin_cold_ms_per_segment_all_layers": round(1e3 * per_segment, 3),
+            "origin_cached_from_disk_s": round(disk_s, 4), "origin_cached_in_memory_s": round(memory_s, 4),
+            "origin_incremental_last_10pct_s": round(incremental_s, 3), "progress_calls": len(ticks),
+            "cache_file_mb": round(cache_file.stat().st_size / 2 ** 20, 2) if cache_file.exists() else None,
+            "extrapolated": {"tokens": extrapolate_tokens, "segments": target_segments,
+                             "origin_cold_s": round(per_segment * target_segments, 1),
+                             "write_metric_s": round(write_s / n * target_segments, 1),
+                             "note": "linear extrapolation from this trace, not a measurement"}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--segments", type=int, default=20_000, help="segments of the throughput trace")
@@ -193,12 +257,22 @@ def main(argv=None) -> int:
     p.add_argument("--long-probes", type=int, default=2, help="probes attributed on the long trace (x 2 layers)")
     p.add_argument("--dir", default=None, help="where to build the stores (default: a temp dir, removed)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--origin-trace", default=None, help="a recorded writes-level trace for the origin stale-mass "
+                   "row (default: the short synthetic trace)")
+    p.add_argument("--origin-only", action="store_true", help="only the origin stale-mass row")
+    p.add_argument("--extrapolate-tokens", type=int, default=1 << 20, help="tokens to extrapolate the origin row to")
     args = p.parse_args(argv)
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_analysis_"))
     root.mkdir(parents=True, exist_ok=True)
     result: dict = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
     try:
         short = root / f"short_{args.segments}.zarr"
+        if args.origin_trace is None and not short.exists():
+            result["short_trace"] = build_store(short, args.segments)
+        result["origin_stale_mass"] = measure_origin(args.origin_trace or short, args.extrapolate_tokens)
+        if args.origin_only:
+            print(json.dumps(result, indent=1))
+            return 0
         if not short.exists():
             result["short_trace"] = build_store(short, args.segments)
         result["throughput"] = measure_throughput(short, args.workers)

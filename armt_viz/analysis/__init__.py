@@ -10,6 +10,8 @@ accessor, which forwards to the same functions.
     recall_shares / stale_share        current / stale / other fractions of each recall (ledger)
     stale_mass                         |sum_superseded phi (x) u|_F / |A|_F over time, per layer (ledger);
                                        method="origin": the surviving stale mass, exact under the delta rule
+                                       (progress=True|callable; stale_cache.cached_origin_stale_mass keeps it
+                                       beside a trace store and scans only newly committed segments)
     memory_by_origin                   A split by the status of its origins (current/superseded/other/no-fact)
     fact_residual                      per fact: old versions' and other facts' shares of a read at its keys
     answer_status                      current / stale / other / wrong answers (probes or probe_keys output)

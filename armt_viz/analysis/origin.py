@@ -483,60 +483,84 @@ def _stale_block(carry, key, u, beta, gamma, t0: int, schedule, config, hidden):
     return pools, out
 
 
-@per_run
-def origin_stale_mass(ds: xr.Dataset, *, rule: str = "any", normalize: bool = True, ledger=None,
-                      block_segments: int = 512) -> xr.DataArray:
-    """Surviving stale mass over time (dims sample, segment, layer): the part of A that superseded fact versions
-    still contribute after the delta rule's erosion (module docstring):
+def _fast_ok(config: ARMTConfig) -> bool:
+    """The per-head scan (`_stale_scan`) applies when the gate is constant within each head."""
+    return not config.gating
 
-        stale_mass(S) = | sum_{o superseded at S} C_o(S) |_F / | A_S |_F
 
-    rule="any" also counts origins that hold both superseded and current versions ("other" memory-wide), the
-    per-write `stale_mass`'s default; rule="all" only those whose versions are all superseded. Units: 1. Range:
-    [0, inf); it stays <= 1 unless the superseded part is cancelled by other parts of A. NaN where A_S = 0.
-    normalize=False returns the numerator alone (units of A).
+def stale_norms_blocks(ds: xr.Dataset, sample: int, schedule, *, start: int = 0, stop: int | None = None,
+                       carry=None, block_segments: int = 512):
+    """Eagerly scan one sample from `start` (with `carry` = the state after segment start-1; None when start is 0)
+    to `stop`; yields (b0, b1, norms [3, b1 - b0, layer], carry) per block: |superseded|_F, |superseded +
+    other|_F and |A|_F after each segment (see `origin_stale_mass`)."""
+    config = config_of(ds)
+    n_seg, n_layer, hidden = ds.sizes["segment"], ds.sizes["layer"], ds.sizes["hidden"]
+    stop = n_seg if stop is None else stop
+    if (carry is None) != (start == 0):
+        raise ValueError("stale_norms_blocks: pass carry (the state after segment start-1) iff start > 0")
+    for b0 in range(start, stop, block_segments):
+        b1 = min(stop, b0 + block_segments)
+        carry, norms = _norms_block(carry, _load_block(ds, config, sample, b0, b1), b0, schedule, config,
+                                    n_layer, hidden)
+        yield b0, b1, norms, carry
 
-    Cost: one [key_feature, hidden] matrix per live fact version and per pool, eroded every segment (dense
-    products of the segment's M keys). Lazy on a dask-backed trace: one task per block of `block_segments`
-    segments, chained per (sample, layer) through the carried state; (sample, layer) chains run in parallel.
-    """
+
+def _load_block(ds, config, sample, b0, b1):
+    sub = xr.Dataset({n: ds[n].variable for n in _write_vars(ds)}).isel(sample=sample, segment=slice(b0, b1))
+    return _block_load(sub, config)
+
+
+def _block_load(sub, config):
+    if _fast_ok(config):
+        from ._stale_scan import block_inputs
+        return block_inputs(sub, config)
+    return [_writes_from(sub.isel(layer=layer), config) for layer in range(sub.sizes["layer"])]
+
+
+def _norms_block(carry, loaded, t0, schedule, config, n_layer, hidden):
+    """One block of every layer of a sample -> (carry, [3, n, layer])."""
+    kind, ta, tb = schedule
+    if _fast_ok(config):
+        from ._stale_scan import StaleScan
+        scan = StaleScan(config, n_layer, hidden) if carry is None else carry
+        out = scan.block(t0, *loaded, kind, ta, tb)
+        return scan, out
+    carry = [None] * n_layer if carry is None else carry
+    outs = []
+    for layer in range(n_layer):
+        key, u, beta, gamma = loaded[layer]
+        carry[layer], o = _stale_block(carry[layer], key, u, beta, gamma, t0, schedule, config, hidden)
+        outs.append(o)
+    return carry, np.stack(outs, axis=-1)
+
+
+def _norms_task(carry, sub, t0, schedule, config, n_layer, hidden):
+    return _norms_block(carry, _block_load(sub, config), t0, schedule, config, n_layer, hidden)
+
+
+def stale_value(norms, rule: str, normalize: bool):
+    """[3, ...] norms -> the stale mass (or its numerator) for `rule`; works on numpy and dask arrays."""
+    num = norms[0 if rule == "all" else 1]
+    if not normalize:
+        return num
+    with np.errstate(invalid="ignore", divide="ignore"):
+        den = norms[2]
+        if isinstance(den, np.ndarray):
+            return num / np.where(den > 0, den, np.nan)
+        import dask.array as dsa
+        return num / dsa.where(den > 0, den, np.nan)
+
+
+def _check_rule(rule):
     if rule not in ("any", "all"):
         raise ValueError(f"rule must be 'any' or 'all', got {rule!r}")
-    check_trace(ds, _NEEDS, "stale_mass(method='origin')")
-    import dask
-    import dask.array as dsa
 
-    config = config_of(ds)
-    facts = _facts(ds, ledger, required=True)
-    n_samples, n_seg, n_layer = ds.sizes["sample"], ds.sizes["segment"], ds.sizes["layer"]
-    hidden = ds.sizes["hidden"]
+
+def origin_stale_da(ds: xr.Dataset, value, rule: str, normalize: bool) -> xr.DataArray:
+    """Label a [sample, segment, layer] value of `origin_stale_mass`."""
+    n_seg = ds.sizes["segment"]
     seg_index = as_numpy(ds["segment"]) if "segment" in ds.variables else np.arange(n_seg)
-    if not np.array_equal(seg_index, np.arange(n_seg)):
-        raise ValueError("stale_mass(method='origin') needs the whole trace from segment 0")
-    lazy = ds["write_key"].chunks is not None
-    pick = 0 if rule == "all" else 1
-    rows = []
-    for s in range(n_samples):
-        schedule = segment_schedule(facts, s, n_seg)
-        per_layer = []
-        for layer in range(n_layer):
-            carry, pieces = None, []
-            for b0 in range(0, n_seg, block_segments):
-                b1 = min(n_seg, b0 + block_segments)
-                sub = _select(ds, s, layer, slice(b0, b1))  # the task reads its own block
-                loaded = dask.delayed(_writes_from, pure=True)(sub, config)
-                res = dask.delayed(_run_block, pure=False, nout=2)(carry, loaded, b0, schedule, config, hidden)
-                carry = res[0]
-                pieces.append(dsa.from_delayed(res[1], shape=(3, b1 - b0), dtype=np.float64))
-            norms = dsa.concatenate(pieces, axis=1) if pieces else dsa.zeros((3, 0))
-            per_layer.append(norms)
-        rows.append(dsa.stack(per_layer, axis=-1))  # [3, segment, layer]
-    norms = dsa.stack(rows, axis=1)  # [3, sample, segment, layer]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = norms[pick] / dsa.where(norms[2] > 0, norms[2], np.nan) if normalize else norms[pick]
-    if not lazy:
-        value = value.compute()
-    coords = {"segment": seg_index, "layer": np.arange(n_layer)}
+    coords = {"segment": seg_index, "layer": np.arange(ds.sizes["layer"])}
     if "sample" in ds.coords:
         coords["sample"] = ds["sample"].values
     da = xr.DataArray(value, dims=("sample", "segment", "layer"), coords=coords)
@@ -547,9 +571,89 @@ def origin_stale_mass(ds: xr.Dataset, *, rule: str = "any", normalize: bool = Tr
                  "(origin view)", "1", rule=rule, method="origin")
 
 
-def _run_block(carry, loaded, t0, schedule, config, hidden):
-    key, u, beta, gamma = loaded
-    return _stale_block(carry, key, u, beta, gamma, t0, schedule, config, hidden)
+def _check_whole(ds, what="stale_mass(method='origin')"):
+    n_seg = ds.sizes["segment"]
+    seg_index = as_numpy(ds["segment"]) if "segment" in ds.variables else np.arange(n_seg)
+    if not np.array_equal(seg_index, np.arange(n_seg)):
+        raise ValueError(f"{what} needs the whole trace from segment 0")
+
+
+@per_run
+def origin_stale_mass(ds: xr.Dataset, *, rule: str = "any", normalize: bool = True, ledger=None,
+                      block_segments: int = 512, progress=None) -> xr.DataArray:
+    """Surviving stale mass over time (dims sample, segment, layer): the part of A that superseded fact versions
+    still contribute after the delta rule's erosion (module docstring):
+
+        stale_mass(S) = | sum_{o superseded at S} C_o(S) |_F / | A_S |_F
+
+    rule="any" also counts origins that hold both superseded and current versions ("other" memory-wide), the
+    per-write `stale_mass`'s default; rule="all" only those whose versions are all superseded. Units: 1. Range:
+    [0, inf); it stays <= 1 unless the superseded part is cancelled by other parts of A. NaN where A_S = 0.
+    normalize=False returns the numerator alone (units of A).
+
+    Cost: per segment, two [key_feature, hidden] pools and one column per live fact-version write eroded by the
+    segment's M keys, every layer at once (per head when the gate is constant within heads: `_stale_scan`;
+    dense per-channel groups with per-channel gating). Lazy on a dask-backed trace: one task per block of
+    `block_segments` segments, chained per sample through the carried state, unless `progress` is given:
+    then it is computed here block by block, calling progress(done_segments, total_segments) after each block
+    (`progress=True`: a tqdm bar). For a trace store, `armt_viz.analysis.stale_cache.cached_origin_norms` keeps
+    the result beside the trace and computes only newly committed segments.
+    """
+    _check_rule(rule)
+    check_trace(ds, _NEEDS, "stale_mass(method='origin')")
+    _check_whole(ds)
+    config = config_of(ds)
+    facts = _facts(ds, ledger, required=True)
+    n_samples, n_seg, n_layer = ds.sizes["sample"], ds.sizes["segment"], ds.sizes["layer"]
+    hidden = ds.sizes["hidden"]
+    lazy = ds["write_key"].chunks is not None and progress is None
+    if not lazy:
+        norms = np.zeros((3, n_samples, n_seg, n_layer))
+        report = _progress(progress, n_samples * n_seg)
+        done = 0
+        for s in range(n_samples):
+            schedule = segment_schedule(facts, s, n_seg)
+            for b0, b1, out, _ in stale_norms_blocks(ds, s, schedule, block_segments=block_segments):
+                norms[:, s, b0:b1] = out
+                done += b1 - b0
+                report(done)
+        report(None)
+        return origin_stale_da(ds, stale_value(norms, rule, normalize), rule, normalize)
+    import dask
+    import dask.array as dsa
+
+    rows = []
+    for s in range(n_samples):
+        schedule = dask.delayed(segment_schedule(facts, s, n_seg))
+        carry, pieces = None, []
+        for b0 in range(0, n_seg, block_segments):
+            b1 = min(n_seg, b0 + block_segments)
+            sub = xr.Dataset({n: ds[n].variable for n in _write_vars(ds)}).isel(sample=s, segment=slice(b0, b1))
+            res = dask.delayed(_norms_task, pure=False, nout=2)(carry, sub, b0, schedule, config, n_layer, hidden)
+            carry = res[0]
+            pieces.append(dsa.from_delayed(res[1], shape=(3, b1 - b0, n_layer), dtype=np.float64))
+        rows.append(dsa.concatenate(pieces, axis=1) if pieces else dsa.zeros((3, 0, n_layer)))
+    norms = dsa.stack(rows, axis=1)  # [3, sample, segment, layer]
+    return origin_stale_da(ds, stale_value(norms, rule, normalize), rule, normalize)
+
+
+def _progress(progress, total: int):
+    """progress: None, True (a tqdm bar) or a callable(done, total); returns report(done | None at the end)."""
+    if progress is None or progress is False:
+        return lambda done: None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="origin stale mass", unit="seg")
+
+        def report(done):
+            if done is None:
+                bar.close()
+            else:
+                bar.update(done - bar.n)
+        return report
+    if not callable(progress):
+        raise TypeError(f"progress must be None, True (tqdm) or a callable(done, total), got {type(progress).__name__}")
+    return lambda done: progress(total if done is None else done, total)
 
 
 # ------------------------------------------------------------------------------------------------ per fact

@@ -235,6 +235,7 @@ def stale_mass(
     ledger=None,
     block_segments: int | None = None,
     method: str = "write",
+    progress=None,
 ) -> xr.DataArray:
     """Superseded mass of the memory over time, per sample and layer (dims sample, segment, layer).
 
@@ -247,7 +248,8 @@ def stale_mass(
 
     Which writes are superseded at S: module docstring (`rule` "any" or "all"). Both norms are computed from
     the stored write events (float64 arithmetic), so numerator and denominator are consistent. `normalize=False`
-    returns the numerator |.|_F alone. Units: 1. NaN where A_S = 0.
+    returns the numerator |.|_F alone. Units: 1. NaN where A_S = 0. `progress` (method="origin" only): True (tqdm)
+    or callable(done, total), computing eagerly (`origin_stale_mass`).
 
     Work runs in blocks of `block_segments` segments (default: 256, more on long traces, rounded to the trace's
     zarr chunks) as a dask graph of two passes: block sums carried as a prefix, then per-segment norms from the
@@ -258,9 +260,11 @@ def stale_mass(
     if method == "origin":
         from .origin import origin_stale_mass
         kw = {} if block_segments is None else {"block_segments": block_segments}
-        return origin_stale_mass(ds, rule=rule, normalize=normalize, ledger=ledger, **kw)
+        return origin_stale_mass(ds, rule=rule, normalize=normalize, ledger=ledger, progress=progress, **kw)
     if method != "write":
         raise ValueError(f"method must be 'write' (per-write view) or 'origin' (exact under the delta rule), got {method!r}")
+    if progress not in (None, False):
+        raise ValueError("progress= is supported with method='origin' only (the per-write view is one dask pass)")
     check_trace(ds, ("write_key", "write_delta"), "stale_mass")
     import dask
     import dask.array as dsa

@@ -162,7 +162,7 @@ class WriterLock:
         return self._fd is not None
 
 
-_STORE_FILES = {"zarr.json", "armt_commit.json"}
+_STORE_FILES = {"zarr.json", "armt_commit.json", "armt_derived_origin_stale.npz"}  # + analysis.stale_cache's file
 
 
 def _ours_reason(p: Path, *, staging: bool = False) -> str | None:
@@ -187,7 +187,7 @@ def _ours_reason(p: Path, *, staging: bool = False) -> str | None:
         name = entry.name
         if entry.is_symlink():
             return f"{name!r} is a symlink"
-        if name in _STORE_FILES or (name.startswith("armt_commit.json.tmp") and entry.is_file()):
+        if name in _STORE_FILES or (name.startswith(("armt_commit.json.tmp", ".armt_derived_")) and entry.is_file()):
             continue
         if name == "_resume" and entry.is_dir():
             bad = [e.name for e in os.scandir(entry.path) if not (e.name.startswith("state_") and e.is_file())]

@@ -455,8 +455,11 @@ def attribution_inputs(ds: xr.Dataset, layer: int) -> tuple[xr.Dataset, Any]:
     return sub, facts
 
 
-def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0) -> tuple[xr.DataArray | None, str | None]:
-    """The stale mass of the memory over time for one layer (``armt_viz.analysis.stale_mass``), or a message."""
+def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0, *, path=None,
+                      progress=None) -> tuple[xr.DataArray | None, str | None]:
+    """The stale mass of the memory over time for one layer (``armt_viz.analysis.stale_mass``), or a message.
+    With the trace store's ``path``, through the cache kept beside it (``armt_viz.analysis.stale_cache``);
+    ``progress(done, total)`` is called while segments are scanned."""
     if "write_key" not in ds:
         return None, "Stale mass needs a writes-level trace (record with level='writes')."
     if "ledger_role" not in ds:
@@ -465,8 +468,12 @@ def stale_mass_series(ds: xr.Dataset, layer: int, sample: int = 0) -> tuple[xr.D
         from armt_viz.analysis import stale_mass
     except ImportError:
         return None, "Stale mass needs armt_viz.analysis.stale_mass, which is not installed."
-    # the surviving stale mass (origin view, exact under the delta rule); the dask graph is culled to this layer
-    da = stale_mass(ds, method="origin").isel(sample=sample, layer=layer).load()
+    # the surviving stale mass (origin view, exact under the delta rule)
+    if path is not None:
+        from armt_viz.analysis.stale_cache import cached_origin_stale_mass
+        da = cached_origin_stale_mass(ds, path, progress=progress).isel(sample=sample, layer=layer)
+    else:
+        da = stale_mass(ds, method="origin", progress=progress).isel(sample=sample, layer=layer).load()
     return da.assign_coords(segment=_segment_coord(ds)).rename("stale_mass"), None
 
 

@@ -27,7 +27,7 @@ from ..paths import is_trace_dir
 __all__ = ["stamp_of", "open_dataset", "read_direct", "load_scalars", "load_series", "load_layer_series",
            "load_ledger", "load_probes", "load_chance",
            "load_fact_table", "load_memory", "load_writes", "load_attribution", "load_attribution_inputs",
-           "load_stale_mass", "attribution_async", "chance_async", "warm"]
+           "load_stale_mass", "attribution_async", "chance_async", "warm", "stale_mass_async", "stale_progress"]
 
 
 def stamp_of(path: str) -> int:
@@ -163,10 +163,66 @@ def load_attribution(path: str, stamp: int, fact: int, layer: int, max_recalls: 
     return _data.recall_attribution(sub, recalls, 0, max_recalls, ledger=facts)
 
 
-@pn.cache(max_items=8)
-def load_stale_mass(path: str, stamp: int, layer: int, sample: int):
-    """``(series, None)`` of the stale mass of layer ``layer``, or ``(None, message)``."""
-    return _data.stale_mass_series(open_dataset(path, stamp), layer, sample)
+def load_stale_mass(path: str, stamp: int, layer: int, sample: int, progress=None):
+    """``(series, None)`` of the stale mass of layer ``layer``, or ``(None, message)``. Every layer is computed
+    at once and cached beside the trace (``armt_viz.analysis.stale_cache``: a later call, another layer or a
+    restarted server reads it back in milliseconds; a growing trace scans only its new segments)."""
+    return _data.stale_mass_series(open_dataset(path, stamp), layer, sample, path=path, progress=progress)
+
+
+_STALE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="armt-stale-mass")
+_STALE_PROGRESS: dict[tuple, tuple[int, int]] = {}  # (path, stamp) -> (segments scanned, to scan)
+_STALE_PENDING: dict[tuple, Future] = {}
+
+
+def stale_progress(path: str, stamp: int) -> tuple[int, int] | None:
+    """``(scanned, total)`` segments of a stale-mass computation running for this trace, or None."""
+    with _LOCK:
+        return _STALE_PROGRESS.get((path, stamp))
+
+
+def stale_mass_async(key: tuple, on_progress, every_s: float = 1.0) -> tuple | None:
+    """``load_stale_mass(*key)`` (key = (path, stamp, layer, sample)) if it is ready, else None after starting it
+    on a background thread (one per trace: it computes every layer); ``on_progress()`` is called from that thread
+    at most every ``every_s`` seconds while it runs (``stale_progress`` says how far) and once when it ends.
+    Inline without a server session."""
+    in_session = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+    if not (in_session if BACKGROUND is None else BACKGROUND):
+        return load_stale_mass(*key)
+    import time
+
+    trace, last = key[:2], [0.0]
+
+    def tick(done, total):
+        with _LOCK:
+            _STALE_PROGRESS[trace] = (done, total)
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            on_progress()
+
+    def work():
+        try:
+            return load_stale_mass(*key, progress=tick)
+        finally:
+            with _LOCK:
+                _STALE_PROGRESS.pop(trace, None)
+
+    with _LOCK:
+        future = _STALE_PENDING.get(trace)
+        if future is None:
+            future = _STALE_PENDING[trace] = _STALE_POOL.submit(work)
+            while len(_STALE_PENDING) > 16:
+                _STALE_PENDING.pop(next(iter(_STALE_PENDING)))
+    if future.done():
+        if future.exception() is not None:
+            with _LOCK:
+                _STALE_PENDING.pop(trace, None)  # try again on the next request
+            return None, f"Stale mass failed: {type(future.exception()).__name__}: {future.exception()}"
+        # this trace's scan finished: every layer is in the stale-mass cache, read back in milliseconds
+        return load_stale_mass(*key)
+    future.add_done_callback(lambda _f: on_progress())
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- background work

@@ -178,6 +178,13 @@ class TraceView(Viewer):
         return pn.Column(*parts, sizing_mode="stretch_width", css_classes=["armt-card"])
 
 
+def _stale_note(progress) -> str:
+    if progress is None or not progress[1]:
+        return "computing the stale mass (every layer, cached beside the trace)…"
+    done, total = progress
+    return f"computing the stale mass: {done:,} / {total:,} segments ({100 * done / total:.0f} %)…"
+
+
 class TimelineView(TraceView):
     """The run timeline; zooming re-aggregates the visible range, clicking a segment selects it."""
 
@@ -207,13 +214,24 @@ class TimelineView(TraceView):
             events = _data.fact_events(loaders.load_ledger(st.path, st.stamp), st.fact, st.sample)
         stale, note = (None, None)
         if st.show_stale_mass:
-            stale, note = loaders.load_stale_mass(st.path, st.stamp, st.layer, st.sample)
+            ready = loaders.stale_mass_async((st.path, st.stamp, st.layer, st.sample), self._stale_progress())
+            stale, note = ready if ready is not None else (None, _stale_note(loaders.stale_progress(st.path, st.stamp)))
         sub = f"layer {st.layer}" + (f" · {note}" if note else "")
         if st.x_range is not None:
             sub += f" · segments {st.x_range[0]:,.0f}–{st.x_range[1]:,.0f} (double-click to reset)"
         return timeline_figure(series, x_range=st.x_range, n_pixels=self.n_pixels, segment=st.segment,
                                probes=probes, fact_events=events, fact=None if st.fact == NO_FACT else st.fact,
                                stale_mass=stale, subtitle=sub, chance=self._chance())
+
+    def _stale_progress(self):
+        """Redraw (with the progress in the subtitle, then the overlay) while this trace's stale mass computes."""
+        doc, trace = pn.state.curdoc, (self.store.path, self.store.stamp)
+
+        def tick():
+            st = self.store
+            if doc is not None and st.show_stale_mass and (st.path, st.stamp) == trace:
+                doc.add_next_tick_callback(self._redraw)
+        return tick
 
     def _on_relayout(self, event) -> None:
         request = x_axis_request(event.new or {})
