@@ -76,3 +76,14 @@ def artifacts_dir() -> Path:
     path = REPO_ROOT / "test-artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_panel_session():
+    """A test that builds dashboard objects outside a server must not inherit the current document of a session
+    that an earlier test in the same worker served (its event loop is closed by then, and code that schedules on
+    the session's document, such as opening a trace in the background, would fail with 'Event loop is closed')."""
+    panel = sys.modules.get("panel")
+    if panel is not None:
+        panel.state.curdoc = None
+    yield

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import socket
 import sys
 import threading
@@ -306,9 +307,14 @@ def test_hostile_traces_opening_never_slow_other_sessions(hostile_root):
             t.join(60)
             return elapsed
 
-        baseline = [alongside("good.zarr") for _ in range(2)]
-        times = [alongside(n) for n in ("heavy.zarr", "huge.zarr", "heavy.zarr")]
-        assert max(times) < max(baseline) + 2.0, (times, baseline)
+        # interleaved, and compared by their medians: one page load that a loaded CI machine stalls (seen: 6.6 s
+        # once among 3 s loads) must not decide; a blocked event loop (main before issue 16: 6.5-20 s for every
+        # visitor while a hostile trace opened) slows every load and still fails this
+        baseline, times = [], []
+        for other in ("heavy.zarr", "huge.zarr", "heavy.zarr"):
+            baseline.append(alongside("good.zarr"))
+            times.append(alongside(other))
+        assert statistics.median(times) < statistics.median(baseline) + 2.0, (times, baseline)
     finally:
         srv.stop()
 
