@@ -29,6 +29,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
 from .armt import ARMTModel, MemoryState, SegmentOutput
 
 __all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain"]
@@ -106,8 +107,9 @@ def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool =
 
     lean_reason = LeanStep.why_not(model) if device.type == "cpu" else f"the lean step is for the CPU, not {device}"
     if lean_reason is None:
-        return StepChoice(LeanStep(model) if build else None,
-                          f"the lean CPU step (oneDNN products over prepacked weights); not a CUDA graph: {graph_reason}")
+        step = LeanStep(model) if build else None
+        kernels = step.kernels if step is not None else cpu_kernels.choose(model.config.segment_size + model.config.num_mem_tokens)
+        return StepChoice(step, f"the lean CPU step ({kernels}); not a CUDA graph: {graph_reason}")
     return StepChoice(HFStep(model) if build else None,
                       f"the HF step: not a CUDA graph ({graph_reason}); not the lean step ({lean_reason})")
 
