@@ -141,7 +141,8 @@ class LeanStep:
         """None if the lean step can run `model` (and, when given, segment `ids` from `state` now), else why not."""
         cfg = model.config
         if ids is not None:
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and (any(p.requires_grad for p in model.parameters()) or (
+                    state is not None and any(t.requires_grad for t in state.assoc + state.normalizer))):
                 return "autograd is on, and the lean step computes no gradients"
             if torch.is_autocast_enabled("cpu"):
                 return "CPU autocast is on, and the lean step runs float32 only"

@@ -1,5 +1,5 @@
 """CPU kernel choice of the lean step (model/cpu_kernels.py) and `model(ids)`'s default executor
-(model/cpu_default.py): both linear backends against the HF-wrapped step, the auto rule, the overrides."""
+(steps.default_step): both linear backends against the HF-wrapped step, the auto rule, the overrides."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from armt_viz.model import cpu_default, cpu_kernels
+from armt_viz.model import cpu_kernels, steps
 from armt_viz.model.lean import LeanStep, use_lean
 from armt_viz.testing import tiny_model
 
@@ -20,7 +20,7 @@ def _rel(a, b):
 
 
 def _hf_logits(model, ids):
-    with torch.no_grad(), cpu_default.hf_step(model):
+    with torch.no_grad(), steps.hf_step(model):
         return torch.cat([o.logits for o in model.stream([ids])], 1)
 
 
@@ -112,25 +112,27 @@ def test_explicit_attention_in_the_step(monkeypatch):
 
 # ---------------------------------------------------------------- model(ids): the default executor
 def test_model_call_runs_the_lean_step_by_default_and_matches_the_hf_step(monkeypatch):
-    monkeypatch.delenv(cpu_default.ENV, raising=False)
+    monkeypatch.delenv(steps.FORWARD_ENV, raising=False)
     model = tiny_model()
     ids = torch.randint(0, model.vocab_size, (2, 3 * model.config.segment_size + 3))
     calls = []
-    lean = cpu_default._lean_for(model)
+    with torch.no_grad():
+        lean = steps.default_step(model).step  # the cached step model(ids) runs
+    assert isinstance(lean, LeanStep)
     monkeypatch.setattr(type(lean), "__call__", lambda self, *a, _f=type(lean).__call__: calls.append(1) or _f(self, *a))
     with torch.no_grad():
-        assert model.explain_executor().startswith("lean CPU step")
+        assert model.explain_executor().startswith("the lean CPU step (linear=")
         got = model(ids).logits
         assert len(calls) == 4
-        monkeypatch.setenv(cpu_default.ENV, "hf")
-        assert model.explain_executor() == "forced by ARMT_VIZ_FORWARD=hf"
+        monkeypatch.setenv(steps.FORWARD_ENV, "hf")
+        assert model.explain_executor() == "the HF step: forced by ARMT_VIZ_FORWARD=hf"
         want = model(ids).logits
     assert len(calls) == 4  # the forced HF run did not call it
     assert _rel(got, want) <= LEAN_REL
 
 
 def test_model_call_keeps_the_hf_step_where_the_lean_one_is_not_exact(monkeypatch):
-    monkeypatch.delenv(cpu_default.ENV, raising=False)
+    monkeypatch.delenv(steps.FORWARD_ENV, raising=False)
     model = tiny_model()
     ids = torch.randint(0, model.vocab_size, (1, 2 * model.config.segment_size))
     assert "autograd" in model.explain_executor()  # grad mode on, parameters require grad
@@ -142,21 +144,21 @@ def test_model_call_keeps_the_hf_step_where_the_lean_one_is_not_exact(monkeypatc
         handle = model.blocks[0].layer.mlp.register_forward_hook(lambda *a: None)
         assert "forward hooks" in model.explain_executor()
         handle.remove()
-        assert model.explain_executor().startswith("lean")
+        assert model.explain_executor().startswith("the lean CPU step")
     with pytest.raises(ValueError, match="ARMT_VIZ_FORWARD must be 'auto' or 'hf'"):
-        monkeypatch.setenv(cpu_default.ENV, "lean")
+        monkeypatch.setenv(steps.FORWARD_ENV, "lean")
         model.explain_executor()
 
 
 def test_the_cached_lean_step_follows_weight_edits(monkeypatch):
-    monkeypatch.delenv(cpu_default.ENV, raising=False)
+    monkeypatch.delenv(steps.FORWARD_ENV, raising=False)
     model = tiny_model()
     ids = torch.randint(0, model.vocab_size, (1, 2 * model.config.segment_size))
     with torch.no_grad():
         before = model(ids).logits
         model.blocks[0].layer.mlp.c_fc.weight.mul_(1.5)  # in place: the packed copy must be rebuilt
         after = model(ids).logits
-        monkeypatch.setenv(cpu_default.ENV, "hf")
+        monkeypatch.setenv(steps.FORWARD_ENV, "hf")
         want = model(ids).logits
     assert _rel(after, before) > 1e-4
     assert _rel(after, want) <= LEAN_REL
