@@ -29,7 +29,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=2)
     a = p.parse_args(argv)
     import armt_viz as av
-    from bench.bench_forward import CONFIGS, build
+    from bench._common import CONFIGS, build
     torch.set_num_threads(a.threads)
     c = CONFIGS[a.config]
     device = "cuda" if a.config.startswith("gpu") and torch.cuda.is_available() else "cpu"
