@@ -29,8 +29,8 @@ hook points exist on this path: hooks on the HF modules do not fire (they are no
 Exactness: the same math in another summation order; logits and state match the HF-wrapped step to
 about 1e-6 relative in float32 (tested at 1e-5). Eligibility (`LeanStep.why_not`): a GPT-2 backbone
 on the CPU in float32, eval mode, no autograd, no autocast, no padding mask, one memory head. Used by
-`record(fast=True)` (the default) and `fast_stream` on the CPU; `model.step` runs it inside
-`with use_lean(model):`.
+`record(fast=True)` (the default), `fast_stream`, and `model(ids)` / `model.stream(...)` without an explicit
+step where exact for the call (`steps.default_step`); `model.step` runs it inside `with use_lean(model):`.
 """
 
 from __future__ import annotations
