@@ -3,6 +3,15 @@
 All numbers in one run, side by side, on the same machine; printed as ratios. Also bytes/token per level.
 
     python -m bench.bench_forward [--config cpu-tiny|gpu-gpt2|gpu-llama1b] [--tokens N] [--threads 1]
+        [--official PATH --official-python PY]
+
+`model(ids)` is timed as a user calls it (under no_grad), including the choice of its executor and, for the
+first call, building the lean step (`armt_viz.model.steps.default_step`); the executor it ran is printed.
+
+--official PATH: also time a user-supplied checkout of the official ARMT code (`bench/official_runner.py`, in
+its own Python given by --official-python, since it needs transformers <= 4.51), alternating with the
+reference; every row then also reports its ratio to the official code: x official = x ref * (official time /
+reference time) of that alternating pair. The official code is never committed here.
 """
 
 from __future__ import annotations
@@ -25,20 +34,42 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--levels", nargs="*", default=["summary", "writes", "full"])
     p.add_argument("--storage-dtype", default="float32")
+    p.add_argument("--official", default=None, help="root of a checkout of the official ARMT code")
+    p.add_argument("--official-python", default=None,
+                   help="python of an environment where the official code runs (torch, transformers <= 4.51)")
     a = p.parse_args(argv)
+    if (a.official is None) != (a.official_python is None):
+        p.error("--official PATH and --official-python PY go together: the official code runs in its own "
+                "environment (transformers <= 4.51); give both, or neither")
     torch.set_num_threads(a.threads)
     c = CONFIGS[a.config]
     device = "cuda" if a.config.startswith("gpu") and torch.cuda.is_available() else "cpu"
     m = build(c, device, torch.float32)
+    official = None
+    if a.official is not None:
+        from bench.official_runner import OfficialProcess
+        if device != "cpu":
+            p.error("--official runs on the CPU configs only here (the GPU anchors are in shared/docs/ANCHORS.md)")
+        try:
+            official = OfficialProcess(a.official, a.official_python, layers=c["layers"], d=c["d"], heads=c["heads"],
+                                       vocab=c["vocab"], S=c["S"], M=c["M"], d_mem=c["d_mem"],
+                                       tokens=a.tokens or c["tokens"], threads=a.threads)
+        except ValueError as e:
+            p.error(str(e))
     # bf16 = autocast (the official code cannot run pure-bf16 weights: its float32 state clashes), scoped to the run
     amp = torch.autocast(device, dtype=torch.bfloat16) if a.dtype == "bfloat16" else contextlib.nullcontext()
-    with amp:
-        measure(a, c, device, m)
+    try:
+        with amp:
+            measure(a, c, device, m, official)
+    finally:
+        if official is not None:
+            official.close()
 
 
-def measure(a, c, device, m):
+def measure(a, c, device, m, official=None):
     """Every row of the table for model `m` on `device` (the caller sets the autocast scope)."""
     import armt_viz as av
+    from armt_viz.model import steps
     from armt_viz.testing import official_order_reference
 
     n = a.tokens or c["tokens"]
@@ -47,7 +78,9 @@ def measure(a, c, device, m):
     ref = official_order_reference(m)
     print(f"config={a.config} device={device} dtype={a.dtype} threads={a.threads} tokens={n} "
           f"torch={torch.__version__} {torch.cuda.get_device_name() if device == 'cuda' else ''}", flush=True)
-    print(f"{'path':<48} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}", flush=True)
+    print(f"{'path':<48} {'tok/s':>10} {'x ref':>7} {'bytes/token':>12}"
+          + (f" {'x official':>10}" if official else ""), flush=True)
+    off_per_ref = [None]  # official time / reference time, from their alternating pair
 
     def run_ref():
         with torch.no_grad():
@@ -68,17 +101,40 @@ def measure(a, c, device, m):
         def append(self, r):
             super().append(r)
             name, (t, t_ref), bpt = r
-            print(f"{name:<48} {n / t:>10.0f} {t_ref / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}", flush=True)
+            extra = f" {t_ref / t * off_per_ref[0]:>10.2f}" if off_per_ref[0] else ""
+            print(f"{name:<48} {n / t:>10.0f} {t_ref / t:>7.2f} {'' if bpt is None else f'{bpt:.1f}':>12}{extra}",
+                  flush=True)
     rows = Rows()
     with torch.no_grad():
         t_ref = timeit(run_ref, sync)
+        if official is not None:
+            t_off = tr_off = float("inf")
+            for _ in range(3):
+                tr_off = min(tr_off, timeit(run_ref, sync, reps=1, warm=False))
+                t_off = min(t_off, official.time())
+            off_per_ref[0] = t_off / tr_off
+            print(f"  the official code ({a.official}; transformers {official.versions['transformers']}, "
+                  f"torch {official.versions['torch']}): {n / t_off:.0f} tok/s; reference / official speed "
+                  f"{t_off / tr_off:.2f} (the reference should be within 10 %)", flush=True)
+            rows.append(("official ARMT code", (t_off, tr_off), None))
         rows.append(("official-order reference", (t_ref, t_ref), None))
 
-        def plain():
-            for _ in m.stream([ids]):
-                pass
-        rows.append(("armt_viz plain forward (stream)", paired(plain), None))
-        eager = torch.cat([o.logits.float() for o in m.stream([ids])], 1)  # what every fast path must reproduce
+        def hf_plain():
+            with steps.hf_step(m):
+                for _ in m.stream([ids]):
+                    pass
+        rows.append(("armt_viz HF-wrapped step (stream)", paired(hf_plain), None))
+        with steps.hf_step(m):
+            eager = torch.cat([o.logits.float() for o in m.stream([ids])], 1)  # what every fast path must reproduce
+        got = m(ids).logits.float()
+        err = ((got - eager).abs().max() / eager.abs().max()).item()
+
+        def cold():  # every set-up cost: the executor choice and building the lean step (its cache emptied)
+            steps._CACHE.pop(m, None)
+            m(ids)
+        rows.append((f"armt_viz model(ids) default (rel err {err:.1e})", paired(cold), None))
+        rows.append(("armt_viz model(ids), lean step cached", paired(lambda: m(ids)), None))
+        print(f"  model(ids) ran: {m.explain_executor()}", flush=True)
 
         def fast_row(label, segments):
             """A row for the fast path `segments()` (an iterator of SegmentOutputs), with its logits' error

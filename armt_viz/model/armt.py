@@ -453,10 +453,17 @@ class ARMTModel(nn.Module):
         if buf is not None and buf.shape[1] > 0:
             yield buf, None
 
-    def explain_executor(self, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1) -> str:
-        """Which segment step `pick_step` would run for this model, and why (one or two sentences)."""
-        from .steps import explain
-        return explain(self, device, grad, fast=fast, batch=batch)
+    def explain_executor(self, attention_mask: Tensor | None = None) -> str:
+        """Which segment step `model(ids)` (with this mask, under the current grad/autocast mode) would run, and
+        why (`steps.default_step`; `steps.explain` explains `pick_step` for other runs)."""
+        from .steps import default_step
+        return default_step(self, attention_mask, grad=True, build=False).reason
+
+    def _default_step(self, mask: Tensor | None, grad: bool):
+        """The step `forward`/`stream` run when none is given (`steps.default_step`); None for the HF step."""
+        from .steps import HFStep, default_step
+        step = default_step(self, mask, grad).step
+        return None if isinstance(step, HFStep) else step
 
     # ----------------------------------------------------------------- public runs
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
@@ -469,7 +476,8 @@ class ARMTModel(nn.Module):
         ids = self._check_ids(input_ids)
         mask = self._check_mask(attention_mask, ids)
         logits, last = [], state
-        for out in self.run_segments(self._split(ids, mask), state, grad=True):
+        step = self._default_step(mask, grad=True)  # the lean CPU step where exact (steps.default_step)
+        for out in self.run_segments(self._split(ids, mask), state, grad=True, step=step):
             logits.append(out.logits)
             last = out.state
         logits_t = torch.cat(logits, dim=1)
@@ -485,8 +493,11 @@ class ARMTModel(nn.Module):
         Chunks are re-cut into segments of `segment_size` (left alignment; the final partial
         segment is flushed at the end). Only one segment's activations are alive at a time,
         so memory stays flat however long the stream is. `step`: a SegmentStep for the segments it
-        accepts (see `run_segments`; `steps.pick_step(model, ...)` picks the fastest that applies).
+        accepts (see `run_segments`; `steps.pick_step(model, ...)` picks the fastest that applies); left out,
+        `steps.default_step` picks (the lean CPU step where exact, else the HF step).
         """
+        if step is None:
+            step = self._default_step(None, grad=grad)
         return self.run_segments(self._recut(chunks), state, grad=grad, step=step)
 
     @torch.no_grad()

@@ -14,7 +14,8 @@ Both fast executors run the backbone's blocks through `gpt2_block`:
 The four products of a block are named "qkv" (c_attn), "attn_out" (attn.c_proj), "mlp_in" (mlp.c_fc, with
 the activation) and "mlp_out" (mlp.c_proj). A faster kernel is a new products class with the same call,
 `linear(name, x, layers, act=False, add=None)`; a Llama/NeoX block is one more function of this shape.
-Attention is `scaled_dot_product_attention(is_causal=True)` (no padding: the fast paths take none).
+Attention is `scaled_dot_product_attention(is_causal=True)` (no padding: the fast paths take none), or the
+products object's `attention(q, k, v, scale)` when it has one (the lean step's `cpu_kernels.CausalAttention`).
 """
 
 from __future__ import annotations
@@ -95,12 +96,16 @@ def gpt2_block(x: Tensor, w: GPT2Weights, layers: slice, batch: int, tokens: int
     qkv = linear("qkv", a, layers)  # [cell, batch*tokens, 3*hidden]
     q, k, v = (t.reshape(n * batch, tokens, H, hd).transpose(1, 2) for t in qkv.split(d, dim=-1))
     scales = w.scales[layers]
-    if len(set(scales)) == 1:
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scales[0])
-    else:  # scales differ per layer: fold them into q (expand: no data-dependent size, safe in a CUDA graph)
-        scale = w.scale_tensor[layers].to(q.dtype).view(n, 1).expand(n, batch).reshape(n * batch, 1, 1, 1)
-        attn = F.scaled_dot_product_attention(q * scale, k, v, is_causal=True, scale=1.0)
-    attn = attn.transpose(1, 2).reshape(n, batch * tokens, d)
+    attention = getattr(linear, "attention", None)  # a products class may bring its own causal attention kernel
+    if attention is not None and len(set(scales)) == 1:
+        attn = attention(q, k, v, scales[0]).reshape(n, batch * tokens, d)  # returns [cell*batch, tokens, hidden]
+    else:
+        if len(set(scales)) == 1:
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scales[0])
+        else:  # scales differ per layer: fold them into q (expand: no data-dependent size, safe in a CUDA graph)
+            scale = w.scale_tensor[layers].to(q.dtype).view(n, 1).expand(n, batch).reshape(n * batch, 1, 1, 1)
+            attn = F.scaled_dot_product_attention(q * scale, k, v, is_causal=True, scale=1.0)
+        attn = attn.transpose(1, 2).reshape(n, batch * tokens, d)
     h = linear("attn_out", attn, layers, add=x)
     a = _layer_norm(h, w.ln2, layers, w.ln_eps)
     return linear("mlp_out", linear("mlp_in", a, layers, act=True), layers, add=h)

@@ -7,15 +7,18 @@ CPUs runs its AVX2 code (about 105 GFLOP/s on one Zen 5 core where oneDNN's AVX-
 about 210). `LeanStep` computes the same segment step -- embed, per layer read -> block -> write,
 final norm, logits -- directly from the weights:
 
-* every linear map is a oneDNN inner product over a weight prepacked once per `LeanStep`, with the
-  GELU fused into the MLP's first product and the residual add into each block's output projection;
+* every linear map runs the backend chosen for this CPU at run time (`cpu_kernels.choose`): oneDNN inner
+  products over weights prepacked once (GELU and residual fused as post-ops) on AVX-512, MKL `addmm` over
+  pre-transposed weights (tanh-GELU as y*sigmoid(2u)) on AVX2; `LeanStep.kernels` says which and why;
 * the read and the write's v-bar are one product each against [A | z] (numerator and denominator
   together), and a write updates A and z with one `baddbmm` (k^T [delta | gamma]);
 * the writes of all layers run together after the last block, as stacked products over a layer axis
   (a layer's write changes only the next segment's memory, so nothing in this segment waits for it):
   about a quarter of the small write ops, and the memory of every layer stays one [layer, b, F, D+1]
   tensor from step to step;
-* DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical);
+* DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical), the read's
+  query map producing [q, -q] directly (its weight stacked with its negation);
+* when no observer is attached to any memory hook point, the hook calls and the views they take are skipped;
 * attention is `scaled_dot_product_attention(is_causal=True)`; logits only for the segment's tokens.
 
 The memory hook points fire with the same tensors as in `AssociativeBlock`, so every observer (the
@@ -26,8 +29,8 @@ hook points exist on this path: hooks on the HF modules do not fire (they are no
 Exactness: the same math in another summation order; logits and state match the HF-wrapped step to
 about 1e-6 relative in float32 (tested at 1e-5). Eligibility (`LeanStep.why_not`): a GPT-2 backbone
 on the CPU in float32, eval mode, no autograd, no autocast, no padding mask, one memory head. Used by
-`record(fast=True)` (the default) and `fast_stream` on the CPU; `model.step` runs it inside
-`with use_lean(model):`.
+`record(fast=True)` (the default), `fast_stream`, and `model(ids)` / `model.stream(...)` without an explicit
+step where exact for the call (`steps.default_step`); `model.step` runs it inside `with use_lean(model):`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .armt import ARMTModel, MemoryState, SegmentOutput
+from . import cpu_kernels
 from .gpt2_block import TANH_GELU, GPT2Weights, gpt2_block
 
 __all__ = ["LeanStep", "use_lean", "lean_eligible"]
@@ -47,44 +51,34 @@ _GELU_TANH = TANH_GELU
 
 
 def _onednn() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    return cpu_kernels.onednn_available()
 
 
-class _Linear:
-    """y = x W^T + b (x 2-D), optionally fused with tanh-GELU or a residual add. oneDNN with a weight
-    packed once when available, else F.linear."""
+def _Linear(weight_out_in: Tensor, bias: Tensor | None, rows_hint: int, backend: str = "onednn") -> cpu_kernels.Linear:
+    """y = x W^T + b (x 2-D), optionally fused with tanh-GELU or a residual add, by the chosen backend
+    (`cpu_kernels.Linear`); oneDNN falls back to F.linear where this torch has none."""
+    if backend == "onednn" and not _onednn():
+        backend = "plain"
+    return cpu_kernels.Linear(weight_out_in, bias, rows_hint, backend)
 
-    __slots__ = ("w", "b", "plain")
 
-    def __init__(self, weight_out_in: Tensor, bias: Tensor | None, rows_hint: int):
-        w = weight_out_in.detach().contiguous()
-        self.plain = w
-        self.b = None if bias is None else bias.detach().contiguous()
-        self.w = torch.ops.mkldnn._reorder_linear_weight(w, rows_hint) if _onednn() else None
-
-    def __call__(self, x: Tensor, gelu: bool = False, add: Tensor | None = None) -> Tensor:
-        if self.w is None:
-            y = F.linear(x, self.plain, self.b)
-            if gelu:
-                y = F.gelu(y, approximate="tanh")
-            return y if add is None else add + y
-        if add is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, add, self.w, self.b, "add")
-        if gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "gelu", [], "tanh")
-        return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+def _matmul_t(x: Tensor, w_t: Tensor, backend: str) -> Tensor:
+    """x [rows, k] @ w_t [k, n] for a right factor that changes every call (the memory)."""
+    return cpu_kernels.matmul_t(x, w_t, backend if _onednn() else "mkl")
 
 
 class _PackedLinear:
-    """The block products of `gpt2_block` for one cell (one layer), each a `_Linear` over a weight packed once:
-    the GELU fused into "mlp_in" (tanh variants), the residual add into "attn_out" and "mlp_out"."""
+    """The block products of `gpt2_block` for one cell (one layer), each a `cpu_kernels.Linear` of `backend`
+    ("onednn": weights packed once, GELU and residual fused; "mkl": addmm over pre-transposed weights): the
+    tanh-GELU fused into "mlp_in", the residual add into "attn_out" and "mlp_out". `attention`: the causal
+    attention kernel `gpt2_block` calls for one cell (`cpu_kernels.CausalAttention`)."""
 
-    def __init__(self, w: GPT2Weights, rows_hint: int):
+    def __init__(self, w: GPT2Weights, rows_hint: int, backend: str, attention: str = "sdpa"):
         self.w = w
         self.fused_gelu = w.activation in TANH_GELU
-        self.lin = {name: [_Linear(w.weight[name][i].t(), w.bias[name][i, 0], rows_hint) for i in range(w.n_layers)]
-                    for name in w.weight}
+        self.lin = {name: [_Linear(w.weight[name][i].t(), w.bias[name][i, 0], rows_hint, backend)
+                           for i in range(w.n_layers)] for name in w.weight}
+        self.attention = cpu_kernels.CausalAttention(attention)
 
     def __call__(self, name: str, x: Tensor, layers: slice, act: bool = False, add: Tensor | None = None) -> Tensor:
         lin = self.lin[name][layers.start]
@@ -92,13 +86,6 @@ class _PackedLinear:
             y = self.w.act(lin(x[0]))
             return (y if add is None else y + add[0]).unsqueeze(0)
         return lin(x[0], gelu=act, add=None if add is None else add[0]).unsqueeze(0)
-
-
-def _matmul_t(x: Tensor, w_t: Tensor) -> Tensor:
-    """x [rows, k] @ w_t [k, n] for a weight that changes every call (the memory): oneDNN on a transposed view."""
-    if _onednn():
-        return torch.ops.mkldnn._linear_pointwise(x, w_t.t(), None, "none", [], "")
-    return x @ w_t
 
 
 def _identity(t: Tensor) -> tuple:
@@ -115,22 +102,27 @@ class LeanStep:
     """The segment step of `model` on the CPU (see module docstring). Build once per run: it copies and
     packs the weights, so later weight changes need a new LeanStep."""
 
-    def __init__(self, model: ARMTModel):
+    def __init__(self, model: ARMTModel, kernels: str | None = None):
+        """kernels: the linear backend, "onednn", "mkl" or "auto" (default: the ARMT_VIZ_CPU_KERNELS environment
+        variable, else auto: chosen per CPU, see `cpu_kernels.choose`); the choice and why: `self.kernels`."""
         reason = self.why_not(model)
         if reason:
             raise ValueError(f"LeanStep cannot run this model: {reason}")
         cfg, bb = model.config, model.backbone
         self.model, self.cfg = model, cfg
         rows = cfg.segment_size + cfg.num_mem_tokens
+        self.kernels = cpu_kernels.choose(rows, kernels)
+        lin = self.kernels.linear
         tr = bb.transformer
         self.wte, self.wpe = tr.wte.weight.detach(), tr.wpe.weight.detach()
         self.ln_f = (tr.ln_f.weight.detach(), tr.ln_f.bias.detach(), tr.ln_f.eps)
         head = bb.lm_head
-        self.lm_head = _Linear(head.weight, head.bias, cfg.segment_size)
+        self.lm_head = _Linear(head.weight, head.bias, cfg.segment_size, lin)
         # the GPT-2 blocks: the shared functional block (gpt2_block.py) over packed per-layer products
         self.gpt2 = GPT2Weights(model)
-        self.linear = _PackedLinear(self.gpt2, rows)
-        self.layers = [dict(mq=_Linear(blk.W_mq.weight, None, rows), hooks=blk.memory) for blk in model.blocks]
+        self.linear = _PackedLinear(self.gpt2, rows, lin, self.kernels.attention)
+        self.layers = [dict(mq=_Linear(torch.cat([blk.W_mq.weight, -blk.W_mq.weight]), None, rows, lin),  # -> [q, -q]
+                            hooks=blk.memory) for blk in model.blocks]
         # the writes of all layers run together after the last block (a layer's write feeds only the next
         # segment): W_mk, W_mv, W_mb of every layer as one stacked [layer, d, d_mem + d + gate] product
         self.kvb_w = torch.stack([torch.cat([b.W_mk.weight, b.W_mv.weight, b.W_mb.weight]).detach().t()
@@ -139,13 +131,18 @@ class LeanStep:
                                   for b in model.blocks]).unsqueeze(1)
         self._last = None  # (identities of every layer's A and z, stacked [A | z]) of the state last returned
         self._pos_cache: dict[int, Tensor] = {}
+        self._roll_idx: dict[int, Tensor] = {}
+        self._points = [p for lay in self.layers for p in lay["hooks"].points()]
+        self._hooked_now = True
+        self._dshape = [model.d_model]
 
     @staticmethod
     def why_not(model: ARMTModel, state: MemoryState | None = None, ids: Tensor | None = None) -> str | None:
         """None if the lean step can run `model` (and, when given, segment `ids` from `state` now), else why not."""
         cfg = model.config
         if ids is not None:
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and (any(p.requires_grad for p in model.parameters()) or (
+                    state is not None and any(t.requires_grad for t in state.assoc + state.normalizer))):
                 return "autograd is on, and the lean step computes no gradients"
             if torch.is_autocast_enabled("cpu"):
                 return "CPU autocast is on, and the lean step runs float32 only"
@@ -170,12 +167,20 @@ class LeanStep:
     # ------------------------------------------------------------------ memory math (one head)
     def _features(self, x: Tensor) -> Tensor:
         """DPFP of [rows, d_mem] -> [rows, 2*nu*d_mem] with the products of memory.dpfp in its order
-        (bit-identical): x' = relu([x, -x]) and roll(x', j) = a slice of relu([x, -x, x, -x])."""
-        n, nu = 2 * x.shape[-1], self.cfg.nu
-        y = torch.cat([x, -x, x, -x], dim=-1).clamp_min_(0)
-        phi = torch.empty(x.shape[0], nu * n, dtype=x.dtype)
-        for j in range(1, nu + 1):  # roll(x', j)[i] = x'[(i - j) mod n] = y[n - j + i]
-            torch.mul(y[:, :n], y[:, n - j:2 * n - j], out=phi[:, (j - 1) * n:j * n])
+        (bit-identical): x' = relu([x, -x]), then `_features_pm`."""
+        return self._features_pm(torch.cat([x, -x], dim=-1))
+
+    def _features_pm(self, x_pm: Tensor) -> Tensor:
+        """DPFP from [x, -x] [rows, n] (n = 2 d_mem; the read's query map produces it directly): x' = relu in
+        place, then block j of phi is x' * roll(x', j), all nu blocks by one gather of the rolled columns and
+        one broadcast multiply."""
+        y = x_pm.clamp_min_(0)
+        rows, n = y.shape
+        idx = self._roll_idx.get(n)
+        if idx is None:  # roll(x', j)[i] = x'[(i - j) mod n], j = 1..nu
+            idx = self._roll_idx[n] = torch.cat([torch.arange(-j, n - j) % n for j in range(1, self.cfg.nu + 1)])
+        rolled = torch.index_select(y, 1, idx).view(rows, -1, n)
+        phi = torch.mul(y.unsqueeze(1), rolled).view(rows, -1)
         if self.cfg.normalize_features:
             phi = F.normalize(phi, dim=-1)
         return phi
@@ -197,7 +202,7 @@ class LeanStep:
         cfg = self.cfg
         D = self.model.d_model
         if Az.shape[0] == 1:
-            out = (_matmul_t(phi, Az[0]) if phi.shape[0] >= 64 else phi @ Az[0]).reshape(B, -1, Az.shape[-1])
+            out = _matmul_t(phi, Az[0], self.kernels.linear).reshape(B, -1, Az.shape[-1])
         else:
             out = torch.bmm(phi.reshape(B, -1, phi.shape[-1]), Az)
         num = out[..., :D]
@@ -212,14 +217,17 @@ class LeanStep:
         hooks = [lay["hooks"] for lay in self.layers]
         per_layer = lambda x: x.reshape(nL, B, *x.shape[1:])  # noqa: E731  ([layer*B, ...] -> one [B, ...] per layer)
         kvb = torch.baddbmm(self.kvb_b, torch.stack(mem).reshape(nL, B * M, -1), self.kvb_w)  # [layer, B*M, .]
-        for hk, x in zip(hooks, kvb[..., :dm]):
-            hk.hook_write_key(x.reshape(B, M, dm))
+        hooked = self._hooked_now
+        if hooked:
+            for hk, x in zip(hooks, kvb[..., :dm]):
+                hk.hook_write_key(x.reshape(B, M, dm))
         k3 = self._features(kvb[..., :dm].reshape(-1, dm)).reshape(nL * B, M, -1)
         v = kvb[..., dm:dm + D].reshape(nL * B, M, D)
         beta = torch.sigmoid(kvb[..., dm + D:]).reshape(nL * B, M, -1)
-        for hk, v_l, beta_l in zip(hooks, per_layer(v), per_layer(beta)):
-            hk.hook_write_value(v_l)
-            hk.hook_write_gate(beta_l)
+        if hooked:
+            for hk, v_l, beta_l in zip(hooks, per_layer(v), per_layer(beta)):
+                hk.hook_write_value(v_l)
+                hk.hook_write_gate(beta_l)
         Az = Az.expand(nL, B, *Az.shape[2:]).reshape(nL * B, *Az.shape[2:])
         if first:
             vbar = torch.zeros_like(v)
@@ -236,19 +244,25 @@ class LeanStep:
             if not cfg.delta_rule:  # the control: u = beta v
                 vbar = torch.zeros_like(v)
         delta = beta * (v - vbar)
-        for hk, vbar_l, gamma_l, delta_l in zip(hooks, per_layer(vbar), per_layer(gamma), per_layer(delta)):
-            hk.hook_write_prev_value(vbar_l)
-            hk.hook_correction(gamma_l)
-            hk.hook_write_delta(delta_l)
+        if hooked:
+            for hk, vbar_l, gamma_l, delta_l in zip(hooks, per_layer(vbar), per_layer(gamma), per_layer(delta)):
+                hk.hook_write_prev_value(vbar_l)
+                hk.hook_correction(gamma_l)
+                hk.hook_write_delta(delta_l)
         # A += sum_j k_j (x) delta_j and z += sum_j gamma_j k_j, as one product: k^T [delta | gamma]
         upd = torch.cat([delta, gamma], dim=-1) if cfg.use_denom else delta
         return torch.baddbmm(Az, k3.transpose(1, 2), upd).reshape(nL, B, *Az.shape[1:])
+
+    def _hooked(self) -> bool:
+        """Whether any memory hook point has an observer (else the hook calls and their views are skipped)."""
+        return any(p.fns for p in self._points)
 
     # ------------------------------------------------------------------ the step
     def __call__(self, input_ids: Tensor, state: MemoryState | None, segment: int) -> SegmentOutput:
         D = self.model.d_model
         if state is None:
             state = self.model.init_state(input_ids.shape[0], input_ids.device)
+        self._hooked_now = self._hooked()
         # inference mode drops autograd's per-op bookkeeping (~6 % of this step) in the blocks; the logits and
         # the new memory are computed after it, so they are ordinary tensors (hooked tensors of the blocks are
         # inference tensors)
@@ -256,17 +270,21 @@ class LeanStep:
             hs, mem, Azs = self._blocks(input_ids, state)
         with torch.no_grad():  # these produce the outputs, so they are ordinary tensors without a copy
             B, L = input_ids.shape
-            logits = self.lm_head(F.layer_norm(hs, hs.shape[-1:], *self.ln_f)).reshape(B, L, -1)
+            logits = self.lm_head(torch.layer_norm(hs, self._dshape, *self.ln_f)).reshape(B, L, -1)
             new_Az = self._write_all(mem, Azs, state.first, B)
         new_A, new_Z = [], []
-        for i, (lay, az) in enumerate(zip(self.layers, new_Az)):
+        hooked = self._hooked_now
+        A_all = new_Az[..., :D].unsqueeze(2)  # views of the stacked [A | z]
+        Z_all = new_Az[..., D].unsqueeze(2) if self.cfg.use_denom else None
+        for i, lay in enumerate(self.layers):
             hk = lay["hooks"]
-            new_A.append(hk.hook_assoc_matrix(az[..., :D].unsqueeze(1)))  # views of the stacked [A | z]
-            if self.cfg.use_denom:
-                z_new = az[..., D].unsqueeze(1)
+            a_new = A_all[i]
+            if Z_all is not None:
+                z_new = Z_all[i]
             else:
                 z_new = state.normalizer[i].expand(input_ids.shape[0], 1, -1).clone()
-            new_Z.append(hk.hook_normalizer(z_new))
+            new_A.append(hk.hook_assoc_matrix(a_new) if hooked else a_new)
+            new_Z.append(hk.hook_normalizer(z_new) if hooked else z_new)
         self._last = (tuple(_identity(t) for t in new_A + new_Z), new_Az)
         return SegmentOutput(logits, MemoryState(tuple(new_A), tuple(new_Z), state.segments + 1), segment, input_ids)
 
@@ -281,23 +299,27 @@ class LeanStep:
         h = x.reshape(B * T, -1)
         read = not state.first and not model._slot.ablate_read
         Azs = self._memories(state)
+        hooked = self._hooked_now
         mem = []
         for i, lay in enumerate(self.layers):
             hk, Az = lay["hooks"], Azs[i]
             if read:
-                phi = self._features(lay["mq"](h))
-                hk.hook_read_query(phi.reshape(B, T, 1, -1))
+                phi = self._features_pm(lay["mq"](h))
+                if hooked:
+                    hk.hook_read_query(phi.reshape(B, T, 1, -1))
                 num, den = self._recall(phi, Az, B)
-                hk.hook_read_denominator(den)
-                if hk.active("hook_read_out"):
+                if hooked:
+                    hk.hook_read_denominator(den)
+                if hooked and hk.active("hook_read_out"):
                     h = h + hk.hook_read_out(num / den).reshape(B * T, -1)
                 else:
                     h = torch.addcdiv(h.reshape(B, T, -1), num, den).reshape(B * T, -1)
             h_in = h
             h = gpt2_block(h.unsqueeze(0), self.gpt2, slice(i, i + 1), B, T, self.linear)[0]
-            if hk.active("hook_mem_input"):
+            if hooked and hk.active("hook_mem_input"):
                 hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
-            mem.append(hk.hook_mem_output(h.reshape(B, T, -1)[:, -M:]))
+            m_out = h.reshape(B, T, -1)[:, -M:]
+            mem.append(hk.hook_mem_output(m_out) if hooked else m_out)
         return h.reshape(B, T, -1)[:, :L].reshape(B * L, -1), mem, Azs
 
     def _positions(self, L: int) -> Tensor:

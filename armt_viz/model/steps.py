@@ -20,18 +20,29 @@ the memory after its write), by another route:
 others through `model.step`. `pick_step(model, device, grad, ...)` returns the step to use and the reason.
 Diagonal batching (`diagonal.py`) computes many segments per call and is the one batched variant: it has
 its own pipeline, not a step of the loop.
+
+`default_step(model, mask, grad)` is what `model(ids)` (`forward`) and `model.stream(...)` run when no step is
+given: `pick_step`'s choice when it is exact for the call (on the CPU the lean step: eval mode, no autograd
+needed, float32, no padding mask, no CPU autocast, no PyTorch forward hooks on the backbone, default memory
+kernels), else the HF step; on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF step, and so does
+`with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
+import contextlib
+import os
+import weakref
+
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
 from .armt import ARMTModel, MemoryState, SegmentOutput
 
-__all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain"]
+__all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain", "default_step", "hf_step", "FORWARD_ENV"]
 
 
 @runtime_checkable
@@ -106,8 +117,9 @@ def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool =
 
     lean_reason = LeanStep.why_not(model) if device.type == "cpu" else f"the lean step is for the CPU, not {device}"
     if lean_reason is None:
-        return StepChoice(LeanStep(model) if build else None,
-                          f"the lean CPU step (oneDNN products over prepacked weights); not a CUDA graph: {graph_reason}")
+        step = LeanStep(model) if build else None
+        kernels = step.kernels if step is not None else cpu_kernels.choose(model.config.segment_size + model.config.num_mem_tokens)
+        return StepChoice(step, f"the lean CPU step ({kernels}); not a CUDA graph: {graph_reason}")
     return StepChoice(HFStep(model) if build else None,
                       f"the HF step: not a CUDA graph ({graph_reason}); not the lean step ({lean_reason})")
 
@@ -121,3 +133,97 @@ def _graph_emulated_why_not(model: ARMTModel) -> str | None:
 def explain(model: ARMTModel, device=None, grad: bool = False, *, fast: bool = True, batch: int = 1) -> str:
     """`pick_step(...).reason` without building the step."""
     return pick_step(model, device, grad, fast=fast, batch=batch, build=False).reason
+
+
+# ---------------------------------------------------------------------- the default of forward / stream
+FORWARD_ENV = "ARMT_VIZ_FORWARD"
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (weights fingerprint, LeanStep)
+_FORCED_HF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> nesting depth of hf_step
+
+
+@contextlib.contextmanager
+def hf_step(model: ARMTModel):
+    """Inside the block `model(ids)` and `model.stream(...)` without an explicit step run the HF step (a test's
+    reference, a comparison), whatever `default_step` would pick."""
+    _FORCED_HF[model] = _FORCED_HF.get(model, 0) + 1
+    try:
+        yield
+    finally:
+        _FORCED_HF[model] -= 1
+        if not _FORCED_HF[model]:
+            del _FORCED_HF[model]
+
+
+def needs_grad(model: ARMTModel) -> bool:
+    """Whether autograd would record this call: grad mode is on and some parameter requires grad."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+
+
+def _user_forward_hooks(backbone) -> bool:
+    """Whether PyTorch forward (pre-)hooks, module-level or global, observe the backbone's modules (the lean
+    step does not call the modules). transformers' output-capturing hooks (installed once a model is called
+    with output_hidden_states or output_attentions, inert unless a call asks for those outputs, which the
+    segment step never does) are not counted."""
+    from torch.nn.modules import module as nn_module
+
+    def user(fns) -> bool:
+        return any("output_capturing_hook" not in getattr(fn, "__qualname__", "") for fn in fns)
+    if user(nn_module._global_forward_hooks.values()) or user(nn_module._global_forward_pre_hooks.values()):
+        return True
+    return any(user(m._forward_hooks.values()) or user(m._forward_pre_hooks.values()) for m in backbone.modules())
+
+
+def _default_why_not(model: ARMTModel, attention_mask, grad: bool) -> str | None:
+    """None if a faster step than the HF one is exact for this forward/stream call, else why not."""
+    from .memory import EAGER_KERNELS
+
+    choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "hf"):
+        raise ValueError(f"{FORWARD_ENV} must be 'auto' or 'hf', got {choice!r}; unset it for the default")
+    if choice == "hf":
+        return f"forced by {FORWARD_ENV}=hf"
+    if model in _FORCED_HF:
+        return "forced by steps.hf_step(model)"
+    if model._slot.lean is not None:
+        return "a lean step is installed by use_lean (model.step runs it)"
+    device = model.memory.device
+    if device.type != "cpu":
+        return f"the default off the CPU is the HF step (the model is on {device}); pass step=pick_step(...).step"
+    if model.training:
+        return "the model is in training mode (the lean step has no dropout); call model.eval()"
+    if grad and needs_grad(model):
+        return "autograd is on (the lean step is inference only); wrap the call in torch.no_grad()"
+    if torch.is_autocast_enabled("cpu"):
+        return "CPU autocast is on"
+    if attention_mask is not None:
+        return "an attention_mask was given (the lean step has no padding)"
+    if model._slot.kernels is not EAGER_KERNELS:
+        return "custom memory kernels are active (model.memory_kernels)"
+    if _user_forward_hooks(model.backbone):
+        return "PyTorch forward hooks are registered on backbone modules (the lean step does not call them)"
+    return None
+
+
+def _fingerprint(model: ARMTModel) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, build: bool = True) -> StepChoice:
+    """The step `forward` (grad=True: the caller's grad mode) or `stream` (its `grad`) runs when none is given:
+    `pick_step`'s choice where it is exact for the call, else the HF step (see the module docstring). The lean
+    step is cached per model and rebuilt when a parameter was replaced or edited in place (it packs copies)."""
+    reason = _default_why_not(model, attention_mask, grad)
+    if reason is not None:
+        return StepChoice(HFStep(model) if build else None, f"the HF step: {reason}")
+    choice = pick_step(model, grad=False, build=False)  # on the CPU: the lean step or the HF step
+    if choice.reason.startswith("the HF step"):
+        return StepChoice(HFStep(model) if build else None, choice.reason)
+    if not build:
+        return choice
+    fp = _fingerprint(model)
+    hit = _CACHE.get(model)
+    if hit is None or hit[0] != fp:
+        from .lean import LeanStep
+
+        hit = _CACHE[model] = (fp, LeanStep(model))
+    return StepChoice(hit[1], choice.reason)

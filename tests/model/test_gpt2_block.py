@@ -1,11 +1,12 @@
 """The one functional GPT-2 block (model/gpt2_block.py) against the HF GPT2Block, with both products (stacked
-baddbmm for diagonal batching, packed per-layer linears for the lean step)."""
+baddbmm for diagonal batching, packed per-layer linears for the lean step, with each CPU backend)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from armt_viz.model import cpu_kernels
 from armt_viz.model.gpt2_block import GPT2Weights, StackedLinear, gpt2_block
 from armt_viz.model.lean import _PackedLinear
 from armt_viz.testing import assert_close, tiny_model
@@ -17,7 +18,7 @@ def _hf_block(model, layer: int, x):
 
 
 @pytest.mark.parametrize("variant", [{}, dict(scale_attn_by_inverse_layer_idx=True), dict(activation_function="relu")])
-@pytest.mark.parametrize("products", ["stacked", "packed"])
+@pytest.mark.parametrize("products", ["stacked", "packed-mkl", "packed-onednn", "packed-mkl-explicit-attention"])
 def test_gpt2_block_equals_the_hf_block(variant, products):
     model = tiny_model()
     for k, v in variant.items():
@@ -32,7 +33,13 @@ def test_gpt2_block_equals_the_hf_block(variant, products):
     B, T, d = 2, 7, model.d_model
     x = torch.randn(model.n_layers, B, T, d)
     w = GPT2Weights(model)
-    linear = StackedLinear(w) if products == "stacked" else _PackedLinear(w, B * T)
+    if products == "stacked":
+        linear = StackedLinear(w)
+    else:  # the lean step's products, each CPU backend (cpu_kernels), optionally the explicit attention kernel
+        backend = products.split("-")[1]
+        if backend == "onednn" and not cpu_kernels.onednn_available():
+            pytest.fail("this torch build has no oneDNN linear ops: the oneDNN products cannot be tested here")
+        linear = _PackedLinear(w, B * T, backend, "explicit" if products.endswith("explicit-attention") else "sdpa")
     with torch.no_grad():
         want = torch.stack([_hf_block(model, l, x[l]) for l in range(model.n_layers)])
         for l in range(model.n_layers):  # one cell per call (the lean step)

@@ -7,6 +7,7 @@ from armt_viz.model import lean as lean_mod
 from armt_viz.model.fast import fast_stream
 from armt_viz.model.lean import LeanStep, lean_eligible, use_lean
 from armt_viz.model.memory import dpfp
+from armt_viz.model.steps import hf_step
 from armt_viz.testing import tiny_model
 
 LEAN_REL = 1e-5  # float32: same math, other summation order (measured ~1e-6)
@@ -19,7 +20,8 @@ def _rel(a, b):
 def _stream(model, ids, lean=None):
     with torch.no_grad():
         if lean is None:
-            return list(model.stream([ids]))
+            with hf_step(model):  # the reference: the HF step (stream's default is the lean one)
+                return list(model.stream([ids]))
         with use_lean(model, lean):
             return list(model.stream([ids]))
 

@@ -8,7 +8,7 @@ import torch
 
 from armt_viz.model.fast import GraphedStepper
 from armt_viz.model.lean import LeanStep
-from armt_viz.model.steps import HFStep, SegmentStep, pick_step
+from armt_viz.model.steps import HFStep, SegmentStep, explain, hf_step, pick_step
 from armt_viz.testing import tiny_model
 
 
@@ -17,7 +17,10 @@ def test_pick_step_on_the_cpu_is_the_lean_step_and_says_why():
     choice = pick_step(m)
     assert isinstance(choice.step, LeanStep) and isinstance(choice.step, SegmentStep)
     assert "lean CPU step" in choice.reason and "CUDA device" in choice.reason
-    assert m.explain_executor() == choice.reason
+    assert explain(m) == choice.reason
+    with torch.no_grad():  # model(ids) runs the same step where it is exact, and says so
+        assert m.explain_executor() == choice.reason
+    assert "autograd" in m.explain_executor()
 
 
 @pytest.mark.parametrize("why, model_kw, call_kw, words", [
@@ -51,7 +54,8 @@ def test_run_segments_gives_a_step_only_the_segments_it_accepts():
     m = tiny_model()
     S = m.config.segment_size
     ids = torch.randint(0, m.vocab_size, (1, 3 * S + 5))
-    ref = [o.logits for o in m.stream([ids])]
+    with hf_step(m):  # the HF step (stream's default is the lean one on the CPU)
+        ref = [o.logits for o in m.stream([ids])]
     seen = []
 
     class FullOnly(HFStep):

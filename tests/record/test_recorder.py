@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import armt_viz as av
+from armt_viz.model.steps import hf_step
 from armt_viz.trace.schema import SCHEMA
 
 from armt_viz.testing import tiny_model
@@ -75,8 +76,8 @@ def test_probe_read_out_equals_hooked_value(model):
 
     def grab(x, *, hook):
         seen.setdefault(hook.layer, []).append(x.clone())
-    with model.hooks([(lambda n: n.endswith("hook_read_out"), grab)]), torch.no_grad():
-        model(ids)
+    with model.hooks([(lambda n: n.endswith("hook_read_out"), grab)]), torch.no_grad(), hf_step(model):
+        model(ids)  # the same (HF) step as the recording
     for l in range(2):
         np.testing.assert_allclose(ds["read_out"][0, l].values, seen[l][37 // 16 - 1][1, 37 % 16].numpy(), rtol=1e-6)
 
