@@ -103,19 +103,44 @@ def test_small_cli_run_writes_a_report_that_opens_offline(tmp_path):
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "accuracy_vs_updates.png" in pngs and "causal_test.png" in pngs
     assert all((out / "figures" / p).stat().st_size > 5000 for p in pngs)
-    from playwright.sync_api import sync_playwright
-    requests = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                       else route.abort())
-            page.goto((out / "report.html").as_uri(), wait_until="load")
-            page.wait_for_function("document.querySelectorAll('.main-svg').length >= 6", timeout=60_000)
-        finally:
-            browser.close()
+    requests = _open_offline_in_chromium(out / "report.html")
     external = [u for u in requests if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert external == []
     assert any(u.startswith("file:") for u in requests)  # the recorder saw the page itself
+
+
+def _open_offline_in_chromium(report) -> list[str]:
+    """Open ``report`` in headless Chromium with every non-file request aborted; returns the requested URLs.
+    Runs on its own thread: Playwright's sync API refuses a thread where an asyncio loop is marked running, which
+    an earlier test of the same worker (nbclient's notebook runs) can leave behind on the main thread."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                            args=["--no-sandbox", "--disable-gpu"])
+                try:
+                    page = browser.new_page()
+                    page.on("request", lambda r: requests.append(r.url))
+                    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                               else route.abort())
+                    page.goto(report.as_uri(), wait_until="load")
+                    page.wait_for_function("document.querySelectorAll('.main-svg').length >= 6", timeout=60_000)
+                finally:
+                    browser.close()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(180)
+    assert not t.is_alive(), "Chromium did not finish opening the report within 180 s"
+    if errors:
+        raise errors[0]
+    return requests

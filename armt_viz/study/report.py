@@ -290,6 +290,31 @@ def _pngs(report: Path, names: list[str], folder: Path) -> None:
         warnings.warn(f"PNG figures skipped: no Chromium at {CHROMIUM} (apt-get install chromium)", stacklevel=3)
         return
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import asyncio
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running here: Playwright's sync API may run on this thread
+        _shoot(sync_playwright, exe, report, names, folder)
+        return
+    # inside a running loop (Jupyter): the sync API refuses it, so screenshot from a thread of its own
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            _shoot(sync_playwright, exe, report, names, folder)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name="armt-study-png", daemon=True)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+def _shoot(sync_playwright, exe: str, report: Path, names: list[str], folder: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
