@@ -44,6 +44,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    """Block until a server accepts connections on 127.0.0.1:`port`; TimeoutError after `timeout` seconds."""
+    import socket
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"server on {port} did not start")
+
+
 def stable_seed(*parts, modulo: int = 2**31 - 1) -> int:
     """A seed derived from `parts` (their str()) that is the same in every process: CRC-32, not `hash()`, whose
     value for a string changes per process (PYTHONHASHSEED), so a failure seeded by it cannot be reproduced."""

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 
 import pytest
-from armt_viz.testing import free_port  # noqa: E402
+from armt_viz.testing import free_port, wait_for_port  # noqa: E402
 
 serve = pytest.importorskip("armt_viz.viz.serve", reason="the dashboard server (armt_viz/viz/serve.py) is not there yet")
 
@@ -26,14 +26,7 @@ serve = pytest.importorskip("armt_viz.viz.serve", reason="the dashboard server (
 
 
 def _wait(port, timeout=60):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"server on {port} did not start")
+    wait_for_port(port, timeout)
 
 
 @pytest.fixture(scope="module")

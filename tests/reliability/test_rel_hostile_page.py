@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import statistics
-import socket
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "viz"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
 from synthetic import make_trace, write_store  # noqa: E402
 
-from armt_viz.testing import free_port  # noqa: E402
+from armt_viz.testing import free_port, wait_for_port  # noqa: E402
 
 serve = pytest.importorskip("armt_viz.viz.serve")
 CHROMIUM = "/usr/bin/chromium"
@@ -54,14 +53,7 @@ SECRET = 424242.0
 
 
 def _wait(port, timeout=60):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"server on {port} did not start")
+    wait_for_port(port, timeout)
 
 
 def _get(port, path, headers=None, method="GET", body=None, timeout=60):
@@ -144,15 +136,8 @@ def server(hostile_root):
 
 @pytest.fixture(scope="module")
 def browser():
-    pytest.importorskip("playwright")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
-    from _browser import LAUNCH_ARGS
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    from _browser import launched_chromium
+    yield from launched_chromium(CHROMIUM)
 
 
 _DEEP_TEXT = """() => { const out = [];

@@ -35,3 +35,21 @@ def new_page(browser, height: int = 1000):
     page = context.new_page()
     page.set_default_timeout(30_000)
     return page, Recorder(page)
+
+
+def launched_chromium(chromium: str, hint: str = "apt-get install -y chromium (never `playwright install`)"):
+    """Yield headless Debian Chromium (Playwright) with LAUNCH_ARGS; skips when Playwright or `chromium` is
+    missing. For module- or session-scoped fixtures: ``yield from launched_chromium(CHROMIUM)``."""
+    import os
+
+    import pytest
+
+    pytest.importorskip("playwright")
+    if not os.path.exists(chromium):
+        pytest.skip(f"{chromium} is missing: {hint}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "tests" / "viz"))
 from synthetic import make_root, make_trace, stack_samples, write_store  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _browser import LAUNCH_ARGS  # noqa: E402
+from _browser import launched_chromium  # noqa: E402
 from armt_viz.testing import free_port  # noqa: E402
 
 
@@ -90,12 +90,4 @@ def auth_server(ui_root):
 
 @pytest.fixture(scope="session")
 def browser():
-    pytest.importorskip("playwright")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (never `playwright install`)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    yield from launched_chromium(CHROMIUM, "apt-get install -y chromium chromium-driver (never `playwright install`)")
