@@ -76,6 +76,13 @@ class TrainConfig:
             generated once and windows are sampled from them.
         stream_p_query_absent: probability a stream query asks about a key without a value (None: the
             StreamConfig default).
+        stream_fresh_windows: every curriculum window is the start of a stream of its own (empty key table), so
+            every query in it is answerable from the window; off: windows are cut at random from long streams,
+            where most queries ask about keys written before the window and go unscored (with 64 keys and one
+            write per segment, about 1 in 64 at n = 2: the first specimen run learned nothing from them).
+        stream_long_segments: length in segments of each long stream the truncated-BPTT cursor walks (the pool
+            then holds stream_pool_tokens / (segments * S) streams, and a row that restarts starts a stream from
+            its beginning with empty memory); None: the cursor walks the curriculum's pool.
         tbptt_from_stage: stream only; from this stage on, truncated BPTT over long streams: every batch row
             walks along one long stream window after window, its memory carried (detached) from the previous
             step, so the model learns on memories that hold long histories; rows restart at a random point
@@ -121,6 +128,8 @@ class TrainConfig:
     stream_p_delete: float = 0.1
     stream_pool_tokens: int = 8_000_000
     stream_p_query_absent: float | None = None
+    stream_fresh_windows: bool = False
+    stream_long_segments: int | None = None
     tbptt_from_stage: int | None = None
     tbptt_reset: float = 0.02
     eval_segments: int | None = None
@@ -206,11 +215,12 @@ def default_config(task: str = "ar-rewrite", variant: str | None = None) -> Trai
         raise ValueError(f"variants belong to the stream specimen family (task 'stream'), got task {task!r}")
     if task == "stream":
         base = TrainConfig(
-            task=task, curriculum=(2, 4, 8, 16), steps=(300, 300, 400, 4000), batch_size=256, lr=1e-3,
+            task=task, curriculum=(2, 4, 8, 16), steps=(2000, 2000, 2000, 3000), batch_size=512, lr=1e-3,
             num_mem_tokens=8, d_mem=64, n_positions=32, stream_segment_size=16, stream_events=2,
             stream_keys=64, stream_key_size=2, stream_value_size=1, stream_p_write=0.5, stream_p_query=0.4,
-            stream_p_delete=0.1, stream_pool_tokens=4_000_000, tbptt_from_stage=3, tbptt_reset=0.01,
-            eval_segments=64, eval_every=200, advance_em=0.97)
+            stream_p_delete=0.1, stream_pool_tokens=4_000_000, stream_fresh_windows=True,
+            stream_long_segments=2048, tbptt_from_stage=3, tbptt_reset=0.01,
+            eval_segments=64, eval_every=100, eval_samples=1024, advance_em=0.97)
         return dataclasses.replace(base, **SPECIMEN_VARIANTS[variant or "baseline"])
     if task == "ar-remember":  # distinct keys: n <= 16**K = 16
         return TrainConfig(task=task, curriculum=(2, 3, 5, 10, 16), steps=(600, 900, 1400, 1200, 1200))
@@ -287,55 +297,79 @@ def sample_ar(n: int, key_size: int, value_size: int, batch_size: int, *, rewrit
     return ids, mask
 
 
-def _stream_part(cfg_dict: dict, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: one long stream -> (tokens, scored_from) where scored_from[p] is the first token a window may start
-    at for position p's prediction to be scored (-1: never scored; int64 max: always)."""
+def _stream_parts(cfg_dict: dict, n_tokens: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: one stream of n_tokens per seed -> (tokens [stream, token], scored_from [stream, token]) where
+    scored_from[p] is the first token a window may start at for position p's prediction to be scored (-1: never
+    scored; int64 max: always)."""
     from .tasks.stream import StreamConfig, make_stream
 
-    cfg = StreamConfig(**cfg_dict)
-    chunk = make_stream(cfg, n_tokens)
-    led = chunk.ledger
-    role = led["role"].values
-    ans = role == "answer"
-    tok = led["token"].values[ans]
-    valid_from = led["valid_from"].values[ans]
-    start = np.where(valid_from < 0, _BIG, valid_from)  # never written: NONE is answerable anywhere
-    scored_from = np.full(n_tokens, -1, dtype=np.int64)
-    for j in range(-1, cfg.value_size):  # GEN .. last answer digit predict a_1 .. EOS
-        scored_from[tok + j] = start
-    return chunk.input_ids.astype(np.int64), scored_from
+    toks, scored = [], []
+    for seed in seeds:
+        cfg = StreamConfig(**{**cfg_dict, "seed": seed})
+        chunk = make_stream(cfg, n_tokens)
+        led = chunk.ledger
+        ans = led["role"].values == "answer"
+        tok = led["token"].values[ans]
+        valid_from = led["valid_from"].values[ans]
+        start = np.where(valid_from < 0, _BIG, valid_from)  # never written: NONE is answerable anywhere
+        scored_from = np.full(n_tokens, -1, dtype=np.int64)
+        for j in range(-1, cfg.value_size):  # GEN .. last answer digit predict a_1 .. EOS
+            scored_from[tok + j] = start
+        toks.append(chunk.input_ids.astype(np.int64))
+        scored.append(scored_from)
+    return np.stack(toks), np.stack(scored)
 
 
 class StreamPool:
-    """Long streams generated once; `sample` cuts random segment-aligned windows of n segments.
+    """Streams generated once; `sample` cuts segment-aligned windows of n segments.
+
+    `stream_segments=None`: one long stream per worker, windows start at random segments. Otherwise
+    `stream_pool_tokens // (stream_segments * S)` streams of `stream_segments` segments each, and with
+    `from_start` every window is the beginning of a stream (empty key table before it).
 
     A position is scored when it is GEN or an answer digit of a query whose answer version was written at or
     after the window's first token (or never written: NONE), so every scored answer is recoverable from memory.
     """
 
-    def __init__(self, cfg: TrainConfig, seed: int, device, workers: int = 1):
+    def __init__(self, cfg: TrainConfig, seed: int, device, workers: int = 1, stream_segments: int | None = None,
+                 from_start: bool = False):
         S = cfg.stream_segment_size
-        n_streams = max(1, workers)
-        per = max(S * 64, cfg.stream_pool_tokens // n_streams // S * S)
-        args = [(dataclasses.asdict(cfg.stream_config(seed=seed * 1000 + i)), per) for i in range(n_streams)]
-        if workers > 1:
+        if stream_segments is None:
+            n_streams = max(1, workers)
+            per = max(S * 64, cfg.stream_pool_tokens // n_streams // S * S)
+        else:
+            per = int(stream_segments) * S
+            n_streams = max(1, cfg.stream_pool_tokens // per)
+        seeds = [seed * 1_000_000 + i for i in range(n_streams)]
+        cfg_dict = dataclasses.asdict(cfg.stream_config())
+        n_jobs = max(1, min(n_streams, 4 * workers))
+        groups = [seeds[i::n_jobs] for i in range(n_jobs)]
+        if workers > 1 and n_jobs > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-                parts = list(ex.map(_stream_part, *zip(*args)))
+                parts = list(ex.map(_stream_parts, [cfg_dict] * n_jobs, [per] * n_jobs, groups))
         else:
-            parts = [_stream_part(*a) for a in args]
+            parts = [_stream_parts(cfg_dict, per, g) for g in groups]
+        order = np.argsort(np.concatenate([np.asarray(g) for g in groups]), kind="stable")  # back to seed order
         self.segment_size = S
-        self.tokens = torch.as_tensor(np.stack([p[0] for p in parts])).to(device)  # [stream, token]
-        self.scored_from = torch.as_tensor(np.stack([p[1] for p in parts])).to(device)
+        self.from_start = bool(from_start)
+        self.tokens = torch.as_tensor(np.concatenate([p[0] for p in parts])[order]).to(device)  # [stream, token]
+        self.scored_from = torch.as_tensor(np.concatenate([p[1] for p in parts])[order]).to(device)
         self.device = device
 
     def sample(self, n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         S = self.segment_size
         n_streams, T = self.tokens.shape
+        if n * S > T:
+            raise ValueError(f"StreamPool: windows of {n} segments need streams of at least {n * S} tokens, the "
+                             f"pool's are {T}; build the pool with stream_segments >= {n}")
         kw = dict(generator=generator, device=self.device)
         stream = torch.randint(0, n_streams, (batch_size, 1), **kw)
-        start = torch.randint(0, T // S - n + 1, (batch_size, 1), **kw) * S
+        if self.from_start:
+            start = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+        else:
+            start = torch.randint(0, T // S - n + 1, (batch_size, 1), **kw) * S
         idx = start + torch.arange(n * S, device=self.device)
         ids = self.tokens[stream, idx]
         sf = self.scored_from[stream, idx]
@@ -348,7 +382,8 @@ class StreamCursor:
     """Truncated BPTT over the pool's long streams: row b reads windows of n segments one after another from
     stream `stream[b]`; its memory is carried between calls (detached by the caller). A query is scored when its
     answer version was written at or after the token where the row's memory started (`origin`), or was never
-    written. Rows restart (random segment, empty memory) with probability `reset` per call or at the stream end.
+    written. Rows restart (random segment, empty memory) with probability `reset` per call or at the stream end;
+    over a `from_start` pool a restarting row starts a random stream from its beginning instead.
     """
 
     def __init__(self, pool: StreamPool, batch_size: int, reset: float, generator: torch.Generator):
@@ -371,8 +406,14 @@ class StreamCursor:
         restart |= self.pos + n * S > T
         if self.state is None:
             restart[:] = True
-        fresh_pos = torch.randint(0, self.n_segments_total - n + 1, (self.batch_size,), generator=self.gen,
-                                  device=dev) * S
+        if self.pool.from_start:
+            fresh_pos = torch.zeros_like(self.pos)
+            fresh_stream = torch.randint(0, self.pool.tokens.shape[0], (self.batch_size,), generator=self.gen,
+                                         device=dev)
+            self.stream = torch.where(restart, fresh_stream, self.stream)
+        else:
+            fresh_pos = torch.randint(0, self.n_segments_total - n + 1, (self.batch_size,), generator=self.gen,
+                                      device=dev) * S
         self.pos = torch.where(restart, fresh_pos, self.pos)
         self.origin = torch.where(restart, self.pos, self.origin)
         idx = self.pos[:, None] + torch.arange(n * S, device=dev)
@@ -442,7 +483,9 @@ def _forward(step_fn, model, ids: torch.Tensor, segment_size: int, state=None):
         state = MemoryState(tuple(state.assoc), tuple(state.normalizer), max(state.segments, 1))
     else:
         state = model.init_state(ids.shape[0], ids.device)
-    segments = [(ids[:, s:s + segment_size], None) for s in range(0, ids.shape[1], segment_size)]
+    # contiguous: a slice of the batch has the batch's row stride, and torch.compile guards on strides (one
+    # recompile per window length n otherwise)
+    segments = [(ids[:, s:s + segment_size].contiguous(), None) for s in range(0, ids.shape[1], segment_size)]
     outs = list(model.run_segments(segments, state, grad=True, step=CompiledStep(model, step_fn)))
     logits = torch.cat([o.logits for o in outs], 1)
     if carried:
@@ -566,10 +609,16 @@ def train(cfg: TrainConfig, out, *, resume: bool = False) -> dict:
     if cfg.task in ("stream", "mixed"):
         t0 = time.monotonic()
         workers = 1 if device.type == "cpu" else min(16, max(1, (os.cpu_count() or 2) - 1))
-        pool = StreamPool(cfg, cfg.seed, device, workers=workers)
+        if cfg.stream_fresh_windows:
+            n_window = max(cfg.curriculum[:cfg.tbptt_from_stage] or cfg.curriculum)
+            pool = StreamPool(cfg, cfg.seed, device, workers=workers, stream_segments=n_window, from_start=True)
+        else:
+            pool = StreamPool(cfg, cfg.seed, device, workers=workers)
         logger.info("stream pool: %s tokens in %.1fs", tuple(pool.tokens.shape), time.monotonic() - t0)
     seg_fn = _segment_fn(model)
-    step_fn = torch.compile(seg_fn) if use_compile else seg_fn
+    # static shapes: the step sees [batch, S] ids and three state kinds (first segment, later with grad, carried
+    # without grad), three graphs; automatic dynamic shapes recompiled for seconds per step at the carried stage
+    step_fn = torch.compile(seg_fn, dynamic=False) if use_compile else seg_fn
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     params = [p for p in model.parameters() if p.requires_grad]
     budget_hit = False
@@ -612,7 +661,14 @@ def train(cfg: TrainConfig, out, *, resume: bool = False) -> dict:
                    dynamic_ncols=True, mininterval=2.0)
         advanced = False
         if cfg.tbptt_from_stage is not None and stage >= cfg.tbptt_from_stage and cursor is None:
-            cursor = StreamCursor(pool, cfg.batch_size, cfg.tbptt_reset, gen)
+            long_pool = pool
+            if cfg.stream_long_segments is not None:
+                t1 = time.monotonic()
+                long_pool = StreamPool(cfg, cfg.seed + 1, device, workers=workers,
+                                       stream_segments=cfg.stream_long_segments, from_start=True)
+                logger.info("long-stream pool: %s tokens in %.1fs", tuple(long_pool.tokens.shape),
+                            time.monotonic() - t1)
+            cursor = StreamCursor(long_pool, cfg.batch_size, cfg.tbptt_reset, gen)
         t = progress["step_in_stage"]
         while t < steps:
             kind = kinds[t % len(kinds)]
