@@ -67,7 +67,7 @@ test: setup
 test-gpu:
 	@test -x "$(PY)" || command -v "$(PY)" >/dev/null \
 	    || { echo "error: $(PY) not found; run make setup first, or pass PY=/path/to/python" >&2; exit 1; }
-	ARMT_REQUIRE_GPU=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -m gpu tests/gpu
+	ARMT_REQUIRE_GPU=1 PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m pytest -q -m gpu tests/gpu
 
 demo: setup
 	$(VENV)/bin/armt-viz demo
