@@ -87,3 +87,42 @@ def test_specimen_variants_differ_from_the_baseline_in_one_switch(variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="variant must be one of"):
         default_config("stream", "nope")
+
+
+def test_fresh_windows_are_stream_starts_and_every_query_in_them_is_scored():
+    cfg = dataclasses.replace(smoke_config("stream"), stream_pool_tokens=16 * 4 * 6)
+    pool = StreamPool(cfg, 3, torch.device("cpu"), stream_segments=4, from_start=True)
+    assert tuple(pool.tokens.shape) == (6, 4 * 16)
+    ids, mask = pool.sample(3, 8, torch.Generator().manual_seed(0))
+    S, V = cfg.stream_segment_size, cfg.stream_value_size
+    for b in range(8):
+        row = ids[b].numpy()
+        match = [i for i in range(6) if np.array_equal(pool.tokens[i, :3 * S].numpy(), row)]
+        assert match, "a fresh window is the beginning of one of the pool's streams"
+        ref = make_stream(cfg.stream_config(seed=3 * 1_000_000 + match[0]), 4 * S)
+        np.testing.assert_array_equal(ref.input_ids[:3 * S], row)
+        led = ref.ledger
+        answers = led["token"].values[led["role"].values == "answer"]
+        expected = np.zeros(3 * S, dtype=bool)
+        for t in answers[answers + V - 1 < 3 * S]:  # every query of the window, NONE answers included
+            expected[t - 1:t + V] = True
+        np.testing.assert_array_equal(mask[b].numpy(), expected)
+    with pytest.raises(ValueError, match="windows of 5 segments need streams of at least 80 tokens"):
+        pool.sample(5, 2, torch.Generator())
+
+
+def test_cursor_over_a_from_start_pool_restarts_rows_at_a_stream_beginning():
+    cfg = dataclasses.replace(smoke_config("stream"), stream_pool_tokens=16 * 8 * 5)
+    pool = StreamPool(cfg, 0, torch.device("cpu"), stream_segments=8, from_start=True)
+    model = build_model(cfg)
+    cur = StreamCursor(pool, batch_size=4, reset=0.0, generator=torch.Generator().manual_seed(2))
+    ids, _, _ = cur.sample(2, model)
+    assert torch.equal(cur.origin, torch.zeros(4, dtype=torch.long))
+    for b in range(4):
+        assert torch.equal(ids[b], pool.tokens[int(cur.stream[b]), :2 * 16])
+    cur.carry(model.init_state(4))
+    for _ in range(3):
+        cur.sample(2, model)
+        cur.carry(model.init_state(4))
+    ids, _, _ = cur.sample(2, model)  # 8 segments walked: every row is past the end and restarts at 0
+    assert torch.equal(cur.origin, torch.zeros(4, dtype=torch.long)) and torch.equal(cur.pos, torch.full((4,), 32))
