@@ -126,6 +126,7 @@ class TraceWriter:
         self.chunk_segments = chunk_segments
         self.resume_state = None
         self.sizes = {d: 0 for d in APPEND_DIMS}
+        self._async_arrays: dict = {}  # name -> zarr AsyncArray of the appended arrays (reset when the store moves)
         self._committed = 0
         self.dense = True  # every chunk is written (a resumed store keeps what it was created with)
         self._pending: dict | None = None  # a resume's first writes, made only once something is appended
@@ -216,6 +217,7 @@ class TraceWriter:
             shutil.rmtree(self.path)
         os.replace(self.root, self.path)
         self.root = self.path
+        self._async_arrays = {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
             self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
@@ -246,6 +248,9 @@ class TraceWriter:
 
     # ------------------------------------------------------------------ arrays
     def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
+        return self.group.create_array(**self._create_kwargs(name, dims, shape, dtype, fill))
+
+    def _create_kwargs(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None) -> dict:
         var = SCHEMA.get(name)
         chunks = []
         for d, s in zip(dims, shape):
@@ -260,17 +265,11 @@ class TraceWriter:
         attrs = {"long_name": var.long_name, "units": var.units} if var else {}
         if fill is None:
             fill = np.nan if np.dtype(dtype).kind == "f" else (-1 if np.dtype(dtype).kind == "i" else 0)
-        return self.group.create_array(
+        return dict(
             name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
             attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill,
             config={"write_empty_chunks": True},  # every chunk exists, so a missing one is an error (confine.py)
         )
-
-    def _array(self, name, dims, row_shape, dtype):
-        if name in self.group:
-            return self.group[name]
-        shape = tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, row_shape))
-        return self._create(name, dims, shape, dtype)
 
     def append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         """Append `rows[name] = (dims, array)` along `dim` (the arrays carry n new rows on that axis)."""
@@ -278,22 +277,43 @@ class TraceWriter:
             self._append(dim, rows)
 
     def _append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
+        """Every array's growth and write as one batch of zarr's async operations (one hand-over to zarr's event
+        loop for the whole append instead of three or four per array: opening, creating or resizing, writing).
+        The commit marker is written only after all of them finished, as before."""
+        from zarr.core.sync import sync
+
         self._prepare()
         start = self.sizes[dim]
         n = None
+        jobs = []
         for name, (dims, data) in rows.items():
             ax = dims.index(dim)
             n = data.shape[ax] if n is None else n
             if data.shape[ax] != n:
                 raise ValueError(f"append of {name!r}: {data.shape[ax]} rows, expected {n}")
-            arr = self._array(name, dims, data.shape, data.dtype)
-            new_shape = list(arr.shape)
-            new_shape[ax] = start + n
-            arr.resize(tuple(new_shape))
-            sl = [slice(None)] * data.ndim
-            sl[ax] = slice(start, start + n)
-            arr[tuple(sl)] = data
+            jobs.append(self._append_rows(name, dims, ax, data, start))
+        if jobs:
+            sync(_gather(jobs))
         self.sizes[dim] = start + (n or 0)
+
+    async def _append_rows(self, name: str, dims: tuple[str, ...], ax: int, data: np.ndarray, start: int) -> None:
+        """Rows start.. of array `name` along axis `ax` (created with its first rows' shape when missing)."""
+        n = data.shape[ax]
+        arr = self._async_arrays.get(name)
+        if arr is None:
+            group = self.group._async_group  # zarr pinned (requirements.txt): the async side of zarr.Group
+            try:
+                arr = await group.getitem(name)
+            except KeyError:
+                shape = tuple(start + n if i == ax else (0 if d in APPEND_DIMS else s)
+                              for i, (d, s) in enumerate(zip(dims, data.shape)))
+                arr = await group.create_array(**self._create_kwargs(name, dims, shape, data.dtype))
+            self._async_arrays[name] = arr
+        if arr.shape[ax] != start + n:
+            await arr.resize(tuple(start + n if i == ax else s for i, s in enumerate(arr.shape)))
+        sl = [slice(None)] * data.ndim
+        sl[ax] = slice(start, start + n)
+        await arr.setitem(tuple(sl), data)
 
     def write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
         """Create (if needed) a non-appended array and write it, or the rows `index` of its first axis."""
@@ -343,6 +363,11 @@ class TraceWriter:
                         f.unlink()
                     except FileNotFoundError:
                         pass
+
+
+async def _gather(jobs):
+    import asyncio
+    await asyncio.gather(*jobs)
 
 
 def _compressor(dtype):
