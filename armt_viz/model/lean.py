@@ -17,7 +17,8 @@ final norm, logits -- directly from the weights:
   about a quarter of the small write ops, and the memory of every layer stays one [layer, b, F, D+1]
   tensor from step to step;
 * DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical), the read's
-  query map producing [q, -q] directly (its weight stacked with its negation);
+  query map's q [rows, d_mem] extended to [q, -q] by one negation and one concatenation (cheaper than
+  a product against the weight stacked with its negation, and the same values);
 * when no observer is attached to any memory hook point, the hook calls and the views they take are skipped;
 * attention is `scaled_dot_product_attention(is_causal=True)`; logits only for the segment's tokens.
 
@@ -146,7 +147,7 @@ class LeanStep:
         # the GPT-2 blocks: the shared functional block (gpt2_block.py) over packed per-layer products
         self.gpt2 = GPT2Weights(model)
         self.linear = _PackedLinear(self.gpt2, rows, lin, self.kernels.attention)
-        self.layers = [dict(mq=_Linear(torch.cat([blk.W_mq.weight, -blk.W_mq.weight]), None, rows, lin),  # -> [q, -q]
+        self.layers = [dict(mq=_Linear(blk.W_mq.weight, None, rows, lin),  # -> q; the read makes [q, -q]
                             hooks=blk.memory) for blk in model.blocks]
         # the writes of all layers run together after the last block (a layer's write feeds only the next
         # segment): W_mk, W_mv, W_mb of every layer as one stacked [layer, d, d_mem + d + gate] product
@@ -338,7 +339,8 @@ class LeanStep:
         for i, lay in enumerate(self.layers):
             hk = lay["hooks"]
             if read:
-                phi = self._features_pm(lay["mq"](h))
+                q = lay["mq"](h)
+                phi = self._features_pm(torch.cat([q, q.neg()], dim=1))
                 if hooked:
                     hk.hook_read_query(phi.reshape(B, T, 1, -1))
                     num, den = self._recall(phi, Azs[i], B)
