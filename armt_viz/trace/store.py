@@ -126,7 +126,6 @@ class TraceWriter:
         self.chunk_segments = chunk_segments
         self.resume_state = None
         self.sizes = {d: 0 for d in APPEND_DIMS}
-        self._async_arrays: dict = {}  # name -> zarr AsyncArray of the appended arrays (reset when the store moves)
         self._committed = 0
         self.dense = True  # every chunk is written (a resumed store keeps what it was created with)
         self._pending: dict | None = None  # a resume's first writes, made only once something is appended
@@ -192,8 +191,7 @@ class TraceWriter:
             for ax, d in enumerate(dims):
                 if d in self.sizes and arr.shape[ax] != self.sizes[d]:
                     arr.resize(tuple(self.sizes[d] if i == ax else s for i, s in enumerate(arr.shape)))
-        self.group.attrs.update(pending["attrs"])
-        self.group.attrs["schema_version"] = SCHEMA_VERSION
+        self.group.update_attributes({**pending["attrs"], "schema_version": SCHEMA_VERSION})  # one metadata write
 
     def _create_store(self, attrs: dict) -> None:
         """A fresh store is built at <path>.partial and moved to <path> by its first commit, so a store that
@@ -206,8 +204,9 @@ class TraceWriter:
             guard.check_removable(staging, staging=True)
             shutil.rmtree(staging)
         p.parent.mkdir(parents=True, exist_ok=True)
-        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        self.group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
+        # the attributes with the group's creation: one metadata write (attrs.update would rewrite it once per key)
+        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3,
+                                     attributes={**attrs, "schema_version": SCHEMA_VERSION})
         self.root = staging
 
     def _move_into_place(self) -> None:
@@ -217,7 +216,6 @@ class TraceWriter:
             shutil.rmtree(self.path)
         os.replace(self.root, self.path)
         self.root = self.path
-        self._async_arrays = {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
             self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
@@ -248,9 +246,6 @@ class TraceWriter:
 
     # ------------------------------------------------------------------ arrays
     def _create(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None):
-        return self.group.create_array(**self._create_kwargs(name, dims, shape, dtype, fill))
-
-    def _create_kwargs(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype, fill=None) -> dict:
         var = SCHEMA.get(name)
         chunks = []
         for d, s in zip(dims, shape):
@@ -265,11 +260,17 @@ class TraceWriter:
         attrs = {"long_name": var.long_name, "units": var.units} if var else {}
         if fill is None:
             fill = np.nan if np.dtype(dtype).kind == "f" else (-1 if np.dtype(dtype).kind == "i" else 0)
-        return dict(
+        return self.group.create_array(
             name=name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=dims,
             attributes=attrs, compressors=[_compressor(dtype)], fill_value=fill,
             config={"write_empty_chunks": True},  # every chunk exists, so a missing one is an error (confine.py)
         )
+
+    def _array(self, name, dims, row_shape, dtype):
+        if name in self.group:
+            return self.group[name]
+        shape = tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, row_shape))
+        return self._create(name, dims, shape, dtype)
 
     def append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         """Append `rows[name] = (dims, array)` along `dim` (the arrays carry n new rows on that axis)."""
@@ -277,43 +278,22 @@ class TraceWriter:
             self._append(dim, rows)
 
     def _append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
-        """Every array's growth and write as one batch of zarr's async operations (one hand-over to zarr's event
-        loop for the whole append instead of three or four per array: opening, creating or resizing, writing).
-        The commit marker is written only after all of them finished, as before."""
-        from zarr.core.sync import sync
-
         self._prepare()
         start = self.sizes[dim]
         n = None
-        jobs = []
         for name, (dims, data) in rows.items():
             ax = dims.index(dim)
             n = data.shape[ax] if n is None else n
             if data.shape[ax] != n:
                 raise ValueError(f"append of {name!r}: {data.shape[ax]} rows, expected {n}")
-            jobs.append(self._append_rows(name, dims, ax, data, start))
-        if jobs:
-            sync(_gather(jobs))
+            arr = self._array(name, dims, data.shape, data.dtype)
+            new_shape = list(arr.shape)
+            new_shape[ax] = start + n
+            arr.resize(tuple(new_shape))
+            sl = [slice(None)] * data.ndim
+            sl[ax] = slice(start, start + n)
+            arr[tuple(sl)] = data
         self.sizes[dim] = start + (n or 0)
-
-    async def _append_rows(self, name: str, dims: tuple[str, ...], ax: int, data: np.ndarray, start: int) -> None:
-        """Rows start.. of array `name` along axis `ax` (created with its first rows' shape when missing)."""
-        n = data.shape[ax]
-        arr = self._async_arrays.get(name)
-        if arr is None:
-            group = self.group._async_group  # zarr pinned (requirements.txt): the async side of zarr.Group
-            try:
-                arr = await group.getitem(name)
-            except KeyError:
-                shape = tuple(start + n if i == ax else (0 if d in APPEND_DIMS else s)
-                              for i, (d, s) in enumerate(zip(dims, data.shape)))
-                arr = await group.create_array(**self._create_kwargs(name, dims, shape, data.dtype))
-            self._async_arrays[name] = arr
-        if arr.shape[ax] != start + n:
-            await arr.resize(tuple(start + n if i == ax else s for i, s in enumerate(arr.shape)))
-        sl = [slice(None)] * data.ndim
-        sl[ax] = slice(start, start + n)
-        await arr.setitem(tuple(sl), data)
 
     def write_static(self, name: str, dims: tuple[str, ...], data: np.ndarray, index=None) -> None:
         """Create (if needed) a non-appended array and write it, or the rows `index` of its first axis."""
@@ -363,11 +343,6 @@ class TraceWriter:
                         f.unlink()
                     except FileNotFoundError:
                         pass
-
-
-async def _gather(jobs):
-    import asyncio
-    await asyncio.gather(*jobs)
 
 
 def _compressor(dtype):
