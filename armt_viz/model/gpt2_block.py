@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["GPT2Weights", "StackedLinear", "gpt2_block", "TANH_GELU"]
+__all__ = ["GPT2Weights", "StackedLinear", "gpt2_block", "gpt2_cell", "TANH_GELU"]
 
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))
 _PRODUCTS = {"qkv": ("attn", "c_attn"), "attn_out": ("attn", "c_proj"), "mlp_in": ("mlp", "c_fc"),
@@ -91,6 +91,9 @@ def _layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], layers: slice, eps: float)
 def gpt2_block(x: Tensor, w: GPT2Weights, layers: slice, batch: int, tokens: int, linear) -> Tensor:
     """GPT2Block (pre-LN attention, pre-LN MLP) of layers `layers` on x [cell, batch*tokens, hidden]."""
     n = x.shape[0]
+    cells = getattr(linear, "cells", None)  # products with per-layer cells: one cell runs `gpt2_cell`
+    if cells is not None and n == 1:
+        return gpt2_cell(x[0], cells[layers.start], batch, tokens).unsqueeze(0)
     d, H, hd = w.d_model, w.heads, w.head_dim
     a = _layer_norm(x, w.ln1, layers, w.ln_eps)
     qkv = linear("qkv", a, layers)  # [cell, batch*tokens, 3*hidden]
@@ -109,3 +112,19 @@ def gpt2_block(x: Tensor, w: GPT2Weights, layers: slice, batch: int, tokens: int
     h = linear("attn_out", attn, layers, add=x)
     a = _layer_norm(h, w.ln2, layers, w.ln_eps)
     return linear("mlp_out", linear("mlp_in", a, layers, act=True), layers, add=h)
+
+
+def gpt2_cell(x: Tensor, cell, batch: int, tokens: int) -> Tensor:
+    """`gpt2_block` for one cell (one layer), 2-D: x [batch*tokens, hidden] -> the block output, same shape.
+
+    The same math as `gpt2_block` in as few tensor calls as it takes (the lean CPU step runs it 4 x 64 times per
+    64 segments, where each call's Python and dispatch cost counts): `cell` holds one layer's parameters and
+    products (`lean._Cell`): ln1 and ln2 as (weight, bias), ln_eps, heads, head_dim, scale, the products
+    qkv(a), attn_out(attn, add=), mlp_in(a) (with the activation), mlp_out(m, add=), and attention(q, k, v, scale)
+    for q, k, v [batch, heads, tokens, head_dim] returning [batch, tokens, hidden]."""
+    d = x.shape[-1]
+    a = F.layer_norm(x, (d,), cell.ln1[0], cell.ln1[1], cell.ln_eps)
+    q, k, v = cell.qkv(a).view(batch, tokens, 3, cell.heads, cell.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    h = cell.attn_out(cell.attention(q, k, v, cell.scale).view(batch * tokens, d), add=x)
+    a = F.layer_norm(h, (d,), cell.ln2[0], cell.ln2[1], cell.ln_eps)
+    return cell.mlp_out(cell.mlp_in(a), add=h)

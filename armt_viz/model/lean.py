@@ -17,7 +17,8 @@ final norm, logits -- directly from the weights:
   about a quarter of the small write ops, and the memory of every layer stays one [layer, b, F, D+1]
   tensor from step to step;
 * DPFP is one gather and one multiply (the same products as `memory.dpfp`, so bit-identical), the read's
-  query map producing [q, -q] directly (its weight stacked with its negation);
+  query map's q [rows, d_mem] extended to [q, -q] by one negation and one concatenation (cheaper than
+  a product against the weight stacked with its negation, and the same values);
 * when no observer is attached to any memory hook point, the hook calls and the views they take are skipped;
 * attention is `scaled_dot_product_attention(is_causal=True)`; logits only for the segment's tokens.
 
@@ -43,7 +44,7 @@ from torch import Tensor
 
 from .armt import ARMTModel, MemoryState, SegmentOutput
 from . import cpu_kernels
-from .gpt2_block import TANH_GELU, GPT2Weights, gpt2_block
+from .gpt2_block import TANH_GELU, GPT2Weights, gpt2_cell
 
 __all__ = ["LeanStep", "use_lean", "lean_eligible"]
 
@@ -79,6 +80,7 @@ class _PackedLinear:
         self.lin = {name: [_Linear(w.weight[name][i].t(), w.bias[name][i, 0], rows_hint, backend)
                            for i in range(w.n_layers)] for name in w.weight}
         self.attention = cpu_kernels.CausalAttention(attention)
+        self.cells = [_Cell(self, i) for i in range(w.n_layers)]  # `gpt2_cell`'s per-layer view of the above
 
     def __call__(self, name: str, x: Tensor, layers: slice, act: bool = False, add: Tensor | None = None) -> Tensor:
         lin = self.lin[name][layers.start]
@@ -86,6 +88,30 @@ class _PackedLinear:
             y = self.w.act(lin(x[0]))
             return (y if add is None else y + add[0]).unsqueeze(0)
         return lin(x[0], gelu=act, add=None if add is None else add[0]).unsqueeze(0)
+
+
+class _Cell:
+    """One layer of `_PackedLinear` as `gpt2_block.gpt2_cell` takes it: the layer's parameters resolved once
+    (layer norms as 1-D weight and bias, the attention scale as a float) and its products as 2-D calls."""
+
+    def __init__(self, packed: _PackedLinear, i: int):
+        w = packed.w
+        self.ln1 = (w.ln1[0][i, 0], w.ln1[1][i, 0])
+        self.ln2 = (w.ln2[0][i, 0], w.ln2[1][i, 0])
+        self.ln_eps, self.heads, self.head_dim, self.scale = w.ln_eps, w.heads, w.head_dim, w.scales[i]
+        self.qkv = packed.lin["qkv"][i]
+        self.attention = packed.attention
+        self._attn_out, self._mlp_in, self._mlp_out = (packed.lin[k][i] for k in ("attn_out", "mlp_in", "mlp_out"))
+        self._act = None if packed.fused_gelu else w.act
+
+    def attn_out(self, x: Tensor, add: Tensor) -> Tensor:
+        return self._attn_out(x, add=add)
+
+    def mlp_in(self, x: Tensor) -> Tensor:
+        return self._mlp_in(x, gelu=True) if self._act is None else self._act(self._mlp_in(x))
+
+    def mlp_out(self, x: Tensor, add: Tensor) -> Tensor:
+        return self._mlp_out(x, add=add)
 
 
 def _identity(t: Tensor) -> tuple:
@@ -121,7 +147,7 @@ class LeanStep:
         # the GPT-2 blocks: the shared functional block (gpt2_block.py) over packed per-layer products
         self.gpt2 = GPT2Weights(model)
         self.linear = _PackedLinear(self.gpt2, rows, lin, self.kernels.attention)
-        self.layers = [dict(mq=_Linear(torch.cat([blk.W_mq.weight, -blk.W_mq.weight]), None, rows, lin),  # -> [q, -q]
+        self.layers = [dict(mq=_Linear(blk.W_mq.weight, None, rows, lin),  # -> q; the read makes [q, -q]
                             hooks=blk.memory) for blk in model.blocks]
         # the writes of all layers run together after the last block (a layer's write feeds only the next
         # segment): W_mk, W_mv, W_mb of every layer as one stacked [layer, d, d_mem + d + gate] product
@@ -208,6 +234,15 @@ class LeanStep:
         num = out[..., :D]
         den = out[..., D:] + cfg.eps if cfg.use_denom else torch.ones_like(out[..., :1])
         return num, den
+
+    def _recall_rows(self, phi: Tensor, Azs: Tensor, i: int, B: int) -> tuple[Tensor, Tensor]:
+        """`_recall` of layer i as rows: numerators [B*n, D] and denominators [B*n, 1]."""
+        cfg, D = self.cfg, self.model.d_model
+        if Azs.shape[1] == 1:
+            out = _matmul_t(phi, Azs[i, 0], self.kernels.linear)
+        else:
+            out = torch.bmm(phi.reshape(B, -1, phi.shape[-1]), Azs[i]).reshape(phi.shape[0], -1)
+        return out[:, :D], (out[:, D:] + cfg.eps if cfg.use_denom else torch.ones_like(out[:, :1]))
 
     def _write_all(self, mem: list[Tensor], Az: Tensor, first: bool, B: int) -> Tensor:
         """Delta-rule writes of every layer at once: mem[l] [B, M, d] are layer l's memory-token outputs,
@@ -302,20 +337,22 @@ class LeanStep:
         hooked = self._hooked_now
         mem = []
         for i, lay in enumerate(self.layers):
-            hk, Az = lay["hooks"], Azs[i]
+            hk = lay["hooks"]
             if read:
-                phi = self._features_pm(lay["mq"](h))
+                q = lay["mq"](h)
+                phi = self._features_pm(torch.cat([q, q.neg()], dim=1))
                 if hooked:
                     hk.hook_read_query(phi.reshape(B, T, 1, -1))
-                num, den = self._recall(phi, Az, B)
-                if hooked:
+                    num, den = self._recall(phi, Azs[i], B)
                     hk.hook_read_denominator(den)
-                if hooked and hk.active("hook_read_out"):
-                    h = h + hk.hook_read_out(num / den).reshape(B * T, -1)
-                else:
-                    h = torch.addcdiv(h.reshape(B, T, -1), num, den).reshape(B * T, -1)
+                    if hk.active("hook_read_out"):
+                        h = h + hk.hook_read_out(num / den).reshape(B * T, -1)
+                    else:
+                        h = torch.addcdiv(h.reshape(B, T, -1), num, den).reshape(B * T, -1)
+                else:  # the same products on [B*T, .] rows, without the per-sample views
+                    h = torch.addcdiv(h, *self._recall_rows(phi, Azs, i, B))
             h_in = h
-            h = gpt2_block(h.unsqueeze(0), self.gpt2, slice(i, i + 1), B, T, self.linear)[0]
+            h = gpt2_cell(h, self.linear.cells[i], B, T)
             if hooked and hk.active("hook_mem_input"):
                 hk.hook_mem_input(h_in.reshape(B, T, -1)[:, -M:])
             m_out = h.reshape(B, T, -1)[:, -M:]

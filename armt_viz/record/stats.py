@@ -47,20 +47,21 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     hooked: {(hook point, layer): tensor} seen during the step; the read points are absent when the
     segment did not read (the first segment, or reads ablated), and the read statistics are then 0.
     Summary scalars are [sample, layer]; `segment_loss` is [sample] (NaN for a 1-token segment);
-    `nonfinite_logits` [sample] counts NaN/Inf logits (for the finite check, not stored);
+    `nonfinite_logits` [sample] is 1 where a logit is NaN/Inf (for the finite check, not stored);
     with `writes`, the write events are [sample, layer, mem_token, ...].
     """
     n_layers = len(out.state.assoc)
     B, L = out.logits.shape[:2]
     layers = range(n_layers)
-    # (strided views, e.g. A of the lean CPU step's [A | z], are copied first: a norm over a strided view
-    # takes ~5x longer on the CPU than the copy and a contiguous norm together)
-    norms = lambda xs: torch.stack([torch.linalg.vector_norm(x.contiguous(), dim=tuple(range(1, x.ndim)))  # noqa: E731
-                                    for x in xs], 1)
+    # the layers stacked first (one copy, contiguous: a norm over a strided view, e.g. A of the lean CPU step's
+    # [A | z], takes ~5x longer on the CPU than the copy and a contiguous norm together), then one norm each
+    assoc = _stack_layers(out.state.assoc)
+    prev = _stack_layers(prev_assoc)
     s = {
-        "assoc_norm": norms(out.state.assoc),
-        "normalizer_norm": norms(out.state.normalizer),
-        "write_delta_norm": norms(a - p for a, p in zip(out.state.assoc, prev_assoc)),
+        "assoc_norm": _norms(assoc),
+        "normalizer_norm": _norms(_stack_layers(out.state.normalizer)),
+        "write_delta_norm": _norms([a - p for a, p in zip(assoc, prev)] if isinstance(assoc, list)
+                                   or isinstance(prev, list) else assoc - prev),
     }
     # one tensor per hook point with a layer axis, then one reduction each (not one per layer)
     per_layer = lambda name, sl=slice(None): torch.stack([hooked[(name, l)][:, sl] for l in layers], 1).float()  # noqa: E731
@@ -77,8 +78,9 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
     prev = torch.linalg.vector_norm(per_layer("hook_write_prev_value"), dim=-1).expand(B, n_layers, mem)
     s.update(write_gate_mean=gate.mean(-1), correction_mean=corr.mean((2, 3)), correction_min=corr.amin((2, 3)),
              prev_value_norm_mean=prev.mean(-1))
-    # not a schema variable: the recorder's finite check pops it (the loss misses a -inf logit off the target)
-    s["nonfinite_logits"] = (~torch.isfinite(out.logits)).flatten(1).sum(1).float()
+    # not a schema variable: the recorder's finite check reads it (the loss misses a -inf logit off the target);
+    # max |logit| is NaN or Inf exactly when a logit is (two passes, where isfinite and a count take four)
+    s["nonfinite_logits"] = (~torch.isfinite(out.logits.abs().flatten(1).amax(1))).float()
     if L > 1:
         lg = out.logits[:, :-1].float()
         s["segment_loss"] = torch.nn.functional.cross_entropy(
@@ -92,6 +94,21 @@ def segment_statistics(hooked: dict, out, prev_assoc, ids: Tensor, *, mem: int, 
         if hooked[("hook_write_gate", 0)].shape[-1] > 1:  # per head or per channel: the origin view needs it all
             s["write_gate_channel"] = per_layer("hook_write_gate").expand(B, n_layers, mem, -1)
     return s
+
+
+def _stack_layers(xs) -> Tensor | list[Tensor]:
+    """Per-layer tensors [b, ...] as one contiguous [b, layer, ...] tensor; a list when their shapes differ."""
+    xs = list(xs)
+    if all(x.shape == xs[0].shape for x in xs):
+        return torch.stack(xs, 1)
+    return xs
+
+
+def _norms(x: Tensor | list[Tensor]) -> Tensor:
+    """L2 norm of each [sample, layer] over the remaining axes (of a `_stack_layers` result)."""
+    if isinstance(x, list):
+        return torch.stack([torch.linalg.vector_norm(t.contiguous(), dim=tuple(range(1, t.ndim))) for t in x], 1)
+    return torch.linalg.vector_norm(x, dim=tuple(range(2, x.ndim)))
 
 
 def unpack(flat: np.ndarray, layout) -> dict[str, np.ndarray]:

@@ -191,8 +191,7 @@ class TraceWriter:
             for ax, d in enumerate(dims):
                 if d in self.sizes and arr.shape[ax] != self.sizes[d]:
                     arr.resize(tuple(self.sizes[d] if i == ax else s for i, s in enumerate(arr.shape)))
-        self.group.attrs.update(pending["attrs"])
-        self.group.attrs["schema_version"] = SCHEMA_VERSION
+        self.group.update_attributes({**pending["attrs"], "schema_version": SCHEMA_VERSION})  # one metadata write
 
     def _create_store(self, attrs: dict) -> None:
         """A fresh store is built at <path>.partial and moved to <path> by its first commit, so a store that
@@ -205,8 +204,9 @@ class TraceWriter:
             guard.check_removable(staging, staging=True)
             shutil.rmtree(staging)
         p.parent.mkdir(parents=True, exist_ok=True)
-        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        self.group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
+        # the attributes with the group's creation: one metadata write (attrs.update would rewrite it once per key)
+        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3,
+                                     attributes={**attrs, "schema_version": SCHEMA_VERSION})
         self.root = staging
 
     def _move_into_place(self) -> None:
