@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,57 @@ def artifacts_dir() -> Path:
     return path
 
 
+class _PerThreadCurdocs(threading.local):
+    """bokeh.io.doc._PATCHED_CURDOCS, one stack per thread (see `_no_leftover_panel_session`)."""
+
+    def __init__(self):
+        self.stack = []
+
+    def append(self, ref):
+        self.stack.append(ref)
+
+    def pop(self, *index):
+        return self.stack.pop(*index)
+
+    def __len__(self):
+        return len(self.stack)
+
+    def __getitem__(self, index):
+        return self.stack[index]
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_panel_session():
     """A test that builds dashboard objects outside a server must not inherit the current document of a session
     that an earlier test in the same worker served (its event loop is closed by then, and code that schedules on
-    the session's document, such as opening a trace in the background, would fail with 'Event loop is closed')."""
+    the session's document, such as opening a trace in the background, would fail with 'Event loop is closed').
+
+    Two ways such a document reaches `pn.state.curdoc` here: Panel's own context variable (reset below), and its
+    fallback, bokeh's `curdoc()`, whose `_PATCHED_CURDOCS` stack is one list for the whole process. A server
+    served from a thread of this process (`run_serve(threaded=True)`) pushes each session callback's document
+    there, so this thread saw it while a callback ran, and `patch_curdoc` pops it without try/finally, so a
+    callback that raised left its document there for good (seen: tests/viz/test_links_compare_share.py failing with
+    'Event loop is closed' after tests/reliability/test_rel_hostile_page.py in the same worker). Here the stack is
+    made per thread, as it is in effect for `armt-viz serve`, whose sessions all run on its one event loop thread."""
     panel = sys.modules.get("panel")
     if panel is not None:
         panel.state.curdoc = None
+    _per_thread_curdocs()  # normally done already, by `_per_thread_bokeh_curdocs`
+    yield
+
+
+def _per_thread_curdocs() -> None:
+    bokeh_doc = sys.modules.get("bokeh.io.doc")
+    if bokeh_doc is not None and not isinstance(bokeh_doc._PATCHED_CURDOCS, _PerThreadCurdocs):
+        stack = _PerThreadCurdocs()
+        for ref in list(bokeh_doc._PATCHED_CURDOCS):  # this thread's, if any (no server runs yet)
+            stack.append(ref)
+        bokeh_doc._PATCHED_CURDOCS = stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _per_thread_bokeh_curdocs():
+    """Before any module- or session-scoped server starts: the per-thread stack of `_no_leftover_panel_session`
+    (bokeh is loaded by then if any collected test module imports Panel)."""
+    _per_thread_curdocs()
     yield
