@@ -4,12 +4,14 @@ Every notebook in `notebooks/` is executed with nbclient (the `python3` kernel, 
 settings (`ARMT_VIZ_SMALL=1`), from a temporary copy of the folder, so the trace stores it writes (`runs/...`)
 land in the test's tmp dir. A cell that raises fails the test, with the cell and its traceback in the message.
 
-nbclient's client runs in a fresh process (tests/_run_notebook.py), not in this pytest worker. In the worker, after
-the dashboard tests, the client's asyncio zmq wait for a cell's execute_reply could miss its wake-up: the kernel
+nbclient's client runs in a fresh process (tests/_run_notebook.py), and waits for the kernel's messages in
+slices of at most a second. Its zmq.asyncio wait for a cell's execute_reply could miss the wake-up: the kernel
 had replied and gone idle, the reply sat in the client's shell socket, and the wait slept until the cell timeout
-(600 s), then found the reply and passed (make test: 13 min instead of 3). Reproduced in one process with
-tests/reliability/test_rel_dashboard.py, tests/viz/test_attribution_async.py and tests/viz/test_dashboard.py run
-first (2 runs in 3 stalled on the last cell; the notebook alone never did).
+(600 s), whose final check found the reply, so the test passed (make test: 13 minutes instead of 3). Seen on the
+last cell of 01_quickstart (many widget messages) in full runs on a loaded machine, in the pytest worker and in a
+fresh process alike (diagnosed in a stalled run: the shell socket's zmq eventfd was registered with the event loop
+and held no signal, while the reply was queued). A slice's end does the same check as the timeout, so such a miss
+now costs at most a second.
 """
 
 from __future__ import annotations
