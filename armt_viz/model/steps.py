@@ -24,8 +24,8 @@ its own pipeline, not a step of the loop.
 `default_step(model, mask, grad)` is what `model(ids)` (`forward`) and `model.stream(...)` run when no step is
 given: on the CPU, `pick_step`'s choice (the one decision whether the lean step can run: eval mode, no autograd
 needed, float32, no CPU autocast, ...) unless the call needs what only the HF step does (a padding mask, PyTorch
-forward hooks on the backbone, custom memory kernels); on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF step, and so does
-`with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
+forward hooks on the backbone, custom memory kernels); on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF
+step, and so does `with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
 """
 
 from __future__ import annotations
