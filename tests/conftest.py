@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,41 @@ def _disable_transformers_progress_bars() -> None:
 
 
 _disable_transformers_progress_bars()
+
+
+# The test files that take longest (make test on a 2-core machine, Dec 2026), longest first. `make test` hands out
+# whole files to its two workers (--dist loadfile) in collection order; these go first so that no worker is left
+# running one of them alone at the end. xdist's own default order (files with more tests first) put them last:
+# they hold few, slow tests each.
+SLOW_FILES_FIRST = (
+    "tests/test_notebooks.py",
+    "tests/ui/test_links_live_ui.py",
+    "tests/reliability/test_rel_hostile_page.py",
+    "tests/test_study.py",
+    "tests/record/test_resume.py",
+    "tests/ui/test_dashboard_ui.py",
+    "tests/reliability/test_rel_hostile_traces.py",
+    "tests/record/test_recorder.py",
+    "tests/reliability/test_rel_dashboard.py",
+    "tests/test_readme.py",
+    "tests/model/test_memory.py",
+    "tests/viz/test_dashboard.py",
+    "tests/model/test_executors.py",
+    "tests/reliability/test_rel_faults.py",
+    "tests/record/test_graph_path.py",
+    "tests/test_bench_official.py",
+)
+
+
+def pytest_configure(config):
+    # keep the collection order (below) as xdist's work order: no reordering of files by their number of tests
+    if getattr(config.option, "loadscopereorder", None) is not None:
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -78,12 +114,57 @@ def artifacts_dir() -> Path:
     return path
 
 
+class _PerThreadCurdocs(threading.local):
+    """bokeh.io.doc._PATCHED_CURDOCS, one stack per thread (see `_no_leftover_panel_session`)."""
+
+    def __init__(self):
+        self.stack = []
+
+    def append(self, ref):
+        self.stack.append(ref)
+
+    def pop(self, *index):
+        return self.stack.pop(*index)
+
+    def __len__(self):
+        return len(self.stack)
+
+    def __getitem__(self, index):
+        return self.stack[index]
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_panel_session():
     """A test that builds dashboard objects outside a server must not inherit the current document of a session
     that an earlier test in the same worker served (its event loop is closed by then, and code that schedules on
-    the session's document, such as opening a trace in the background, would fail with 'Event loop is closed')."""
+    the session's document, such as opening a trace in the background, would fail with 'Event loop is closed').
+
+    Two ways such a document reaches `pn.state.curdoc` here: Panel's own context variable (reset below), and its
+    fallback, bokeh's `curdoc()`, whose `_PATCHED_CURDOCS` stack is one list for the whole process. A server
+    served from a thread of this process (`run_serve(threaded=True)`) pushes each session callback's document
+    there, so this thread saw it while a callback ran, and `patch_curdoc` pops it without try/finally, so a
+    callback that raised left its document there for good (seen: tests/viz/test_links_compare_share.py failing with
+    'Event loop is closed' after tests/reliability/test_rel_hostile_page.py in the same worker). Here the stack is
+    made per thread, as it is in effect for `armt-viz serve`, whose sessions all run on its one event loop thread."""
     panel = sys.modules.get("panel")
     if panel is not None:
         panel.state.curdoc = None
+    _per_thread_curdocs()  # normally done already, by `_per_thread_bokeh_curdocs`
+    yield
+
+
+def _per_thread_curdocs() -> None:
+    bokeh_doc = sys.modules.get("bokeh.io.doc")
+    if bokeh_doc is not None and not isinstance(bokeh_doc._PATCHED_CURDOCS, _PerThreadCurdocs):
+        stack = _PerThreadCurdocs()
+        for ref in list(bokeh_doc._PATCHED_CURDOCS):  # this thread's, if any (no server runs yet)
+            stack.append(ref)
+        bokeh_doc._PATCHED_CURDOCS = stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _per_thread_bokeh_curdocs():
+    """Before any module- or session-scoped server starts: the per-thread stack of `_no_leftover_panel_session`
+    (bokeh is loaded by then if any collected test module imports Panel)."""
+    _per_thread_curdocs()
     yield

@@ -3,11 +3,24 @@
 Every notebook in `notebooks/` is executed with nbclient (the `python3` kernel, i.e. this interpreter) on small
 settings (`ARMT_VIZ_SMALL=1`), from a temporary copy of the folder, so the trace stores it writes (`runs/...`)
 land in the test's tmp dir. A cell that raises fails the test, with the cell and its traceback in the message.
+
+nbclient's client runs in a fresh process (tests/_run_notebook.py), and waits for the kernel's messages in
+slices of at most a second. Its zmq.asyncio wait for a cell's execute_reply could miss the wake-up: the kernel
+had replied and gone idle, the reply sat in the client's shell socket, and the wait slept until the cell timeout
+(600 s), whose final check found the reply, so the test passed (make test: 13 minutes instead of 3). Seen on the
+last cell of 01_quickstart (many widget messages) in full runs on a loaded machine, in the pytest worker and in a
+fresh process alike (diagnosed in a stalled run: the shell socket's zmq eventfd was registered with the event loop
+and held no signal, while the reply was queued). A slice's end does the same check as the timeout, so such a miss
+now costs at most a second.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,32 +33,13 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 OFFICIAL_CHECKPOINT = REPO_ROOT / "tests" / "golden" / "gpt2_wrap_false"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+RUNNER = Path(__file__).resolve().parent / "_run_notebook.py"
+CELL_TIMEOUT_S = 600
+NOTEBOOK_TIMEOUT_S = 1800  # the whole run, a guard behind the per-cell limit
 
 
-class _WakingClient(nbclient.NotebookClient):
-    """nbclient waits for each cell's shell reply on an asyncio zmq socket. In `make test` that wait sometimes
-    misses its wake-up: in one stalled run the kernel had executed every cell (execution_count 12 after 11
-    cells), was idle, and answered a second client's kernel_info at once, while nbclient slept until its 600 s
-    poll timeout, at which point it found the reply and the test passed (make test: 11 min instead of 2). A
-    new message on the same socket wakes the poll, so while a cell runs this client asks
-    the kernel for kernel_info every few seconds; nbclient skips those replies (other msg ids), and they wait
-    in the kernel's queue while a cell is busy. A cell that really hangs still times out."""
-
-    POKE_EVERY_S = 5.0
-
-    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
-        import asyncio
-
-        async def poke():
-            while True:
-                await asyncio.sleep(self.POKE_EVERY_S)
-                self.kc.kernel_info()
-
-        task = asyncio.ensure_future(poke())
-        try:
-            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
-        finally:
-            task.cancel()
+def _tail(text: str, n: int = 6000) -> str:
+    return text if len(text) <= n else "...\n" + text[-n:]
 
 
 def test_the_five_narratives_are_there():
@@ -67,19 +61,29 @@ def test_committed_without_outputs(path):
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, tmp_path, monkeypatch):
+def test_notebook_executes(path, tmp_path):
     work = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOK_DIR, work, ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
-    monkeypatch.setenv("ARMT_VIZ_SMALL", "1")  # the kernel inherits this process's environment
-    monkeypatch.setenv("ARMT_VIZ_OFFICIAL_CHECKPOINT", str(OFFICIAL_CHECKPOINT))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # One intra-op thread: the demo model's matrices are tiny, and with the test workers already using both
-    # cores, OpenMP threads contend (recording measured 7x slower with 2 threads than with 1 on a busy machine).
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    nb = nbformat.read(work / path.name, as_version=4)
-    client = _WakingClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
-    client.execute()  # raises CellExecutionError (naming the cell) on the first cell that fails
+    env = {**os.environ,  # the runner, and the kernel it starts, inherit this environment
+           "ARMT_VIZ_SMALL": "1", "ARMT_VIZ_OFFICIAL_CHECKPOINT": str(OFFICIAL_CHECKPOINT),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           # One intra-op thread: the demo model's matrices are tiny, and with the test workers already using both
+           # cores, OpenMP threads contend (recording measured 7x slower with 2 threads than with 1 on a busy machine).
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    executed = tmp_path / f"{path.stem}.executed.ipynb"
+    # a session of its own: a run over the guard is killed with its kernel (a grandchild)
+    proc = subprocess.Popen([sys.executable, str(RUNNER), str(work / path.name), str(executed),
+                             "--timeout", str(CELL_TIMEOUT_S)], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=NOTEBOOK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{path.name} did not finish within {NOTEBOOK_TIMEOUT_S} s\n{_tail(out)}\n{_tail(err)}")
+    # a cell that raised (CellExecutionError, naming the cell) or timed out: the runner's message
+    assert proc.returncode == 0, f"{path.name}: the runner exited {proc.returncode}\n{_tail(out)}\n{_tail(err)}"
+    nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(PLOTLY_MIME in o.get("data", {}) for o in outputs), f"{path.name} displayed no plotly figure"

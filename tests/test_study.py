@@ -56,10 +56,14 @@ def _external_loads(html: str) -> list[str]:
 
 @pytest.mark.slow
 def test_tiny_study_writes_every_number_and_an_offline_report(tmp_path):
+    import torch
+
     from armt_viz.study import stale_keys_study
 
+    assert torch.is_grad_enabled()
     d = stale_keys_study("demo", tmp_path, small=True, png=False, progress=False,
                          settings=dict(tokens=160, tokens_main=240, horizon=12, n_keys=(2,)))
+    assert torch.is_grad_enabled(), "the study switched the caller's grad mode off"
     stored = xr.open_zarr(tmp_path / "study.zarr", consolidated=False).load()
     # the findings recompute from the raw queries in the zarr
     base = stored.isel(row=np.flatnonzero((stored["variant"].values == "as trained")

@@ -22,10 +22,10 @@ Diagonal batching (`diagonal.py`) computes many segments per call and is the one
 its own pipeline, not a step of the loop.
 
 `default_step(model, mask, grad)` is what `model(ids)` (`forward`) and `model.stream(...)` run when no step is
-given: `pick_step`'s choice when it is exact for the call (on the CPU the lean step: eval mode, no autograd
-needed, float32, no padding mask, no CPU autocast, no PyTorch forward hooks on the backbone, default memory
-kernels), else the HF step; on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF step, and so does
-`with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
+given: on the CPU, `pick_step`'s choice (the one decision whether the lean step can run: eval mode, no autograd
+needed, float32, no CPU autocast, ...) unless the call needs what only the HF step does (a padding mask, PyTorch
+forward hooks on the backbone, custom memory kernels); on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF
+step, and so does `with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
 """
 
 from __future__ import annotations
@@ -98,8 +98,10 @@ def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool =
         raise TypeError(f"pick_step: model must be an armt_viz ARMTModel, got {type(model).__name__}")
     device = torch.device(device) if device is not None else model.memory.device
     if grad:
+        also = "; the model is also in training mode (dropout), which only the HF step runs" if model.training else ""
         return StepChoice(HFStep(model) if build else None,
-                          "the HF step: autograd is on, and only the HF step keeps the graph through every segment")
+                          "the HF step: autograd is on, and only the HF step keeps the graph through every segment"
+                          + also)
     if not fast:
         return StepChoice(HFStep(model) if build else None, "the HF step: fast=False was asked for")
     emulate = graph_kw.get("emulate", False)
@@ -116,6 +118,8 @@ def pick_step(model: ARMTModel, device=None, grad: bool = False, *, fast: bool =
     from .lean import LeanStep
 
     lean_reason = LeanStep.why_not(model) if device.type == "cpu" else f"the lean step is for the CPU, not {device}"
+    if lean_reason is None and torch.is_autocast_enabled("cpu"):  # it would refuse every segment (why_not with ids)
+        lean_reason = "CPU autocast is on, and the lean step runs float32 only"
     if lean_reason is None:
         step = LeanStep(model) if build else None
         kernels = step.kernels if step is not None else cpu_kernels.choose(model.config.segment_size + model.config.num_mem_tokens)
@@ -173,8 +177,12 @@ def _user_forward_hooks(backbone) -> bool:
     return any(user(m._forward_hooks.values()) or user(m._forward_pre_hooks.values()) for m in backbone.modules())
 
 
-def _default_why_not(model: ARMTModel, attention_mask, grad: bool) -> str | None:
-    """None if a faster step than the HF one is exact for this forward/stream call, else why not."""
+def _default_why_not(model: ARMTModel, attention_mask) -> str | None:
+    """None if `forward`/`stream` may take `pick_step`'s choice for this call, else why the HF step runs instead.
+
+    Only what is particular to the default: the overrides, the CPU-only default, the padding mask, custom memory
+    kernels and PyTorch forward hooks (the lean step honours none of these). Whether the lean step can run the model
+    (training mode, autograd, autocast, backbone, dtype, heads) is `pick_step`'s decision alone."""
     from .memory import EAGER_KERNELS
 
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
@@ -189,12 +197,6 @@ def _default_why_not(model: ARMTModel, attention_mask, grad: bool) -> str | None
     device = model.memory.device
     if device.type != "cpu":
         return f"the default off the CPU is the HF step (the model is on {device}); pass step=pick_step(...).step"
-    if model.training:
-        return "the model is in training mode (the lean step has no dropout); call model.eval()"
-    if grad and needs_grad(model):
-        return "autograd is on (the lean step is inference only); wrap the call in torch.no_grad()"
-    if torch.is_autocast_enabled("cpu"):
-        return "CPU autocast is on"
     if attention_mask is not None:
         return "an attention_mask was given (the lean step has no padding)"
     if model._slot.kernels is not EAGER_KERNELS:
@@ -212,10 +214,11 @@ def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, bu
     """The step `forward` (grad=True: the caller's grad mode) or `stream` (its `grad`) runs when none is given:
     `pick_step`'s choice where it is exact for the call, else the HF step (see the module docstring). The lean
     step is cached per model and rebuilt when a parameter was replaced or edited in place (it packs copies)."""
-    reason = _default_why_not(model, attention_mask, grad)
+    reason = _default_why_not(model, attention_mask)
     if reason is not None:
         return StepChoice(HFStep(model) if build else None, f"the HF step: {reason}")
-    choice = pick_step(model, grad=False, build=False)  # on the CPU: the lean step or the HF step
+    # the one decision (on the CPU: the lean step or the HF step); autograd counts only where it would record
+    choice = pick_step(model, grad=grad and needs_grad(model), build=False)
     if choice.reason.startswith("the HF step"):
         return StepChoice(HFStep(model) if build else None, choice.reason)
     if not build:

@@ -1,8 +1,8 @@
 """`record`: run an ARMT over a token stream and write its memory into a trace store.
 
 The recorder attaches observers to the memory hook points (hooks.py) for the duration
-of the run, drives the model's one segment loop (`ARMTModel.stream`) with the step it picks
-(the CUDA-graph step with in-graph statistics, `fast_record.GraphRows`; else the lean CPU step
+of the run, drives the model's one segment loop (`ARMTModel.run_segments`, through `model.stream`)
+with the step it picks (the CUDA-graph step with in-graph statistics, `fast_record.GraphRows`; else the lean CPU step
 or the HF step, `steps.pick_step`), reduces what it sees to the schema's variables
 (trace/schema.py) and appends them to the zarr store one chunk of segments at a time
 (trace/store.py), committing after each chunk together with the exact memory state, so a

@@ -88,7 +88,15 @@ def _decode(pred_digits: np.ndarray, none_token: int) -> int:
 
 def stream_run(spec: dict) -> xr.Dataset:
     """Run one study cell. spec: model, flags, n_keys, seed, tokens, layer (analysis layer, -1 = last), causal,
-    horizon (causal test segments), label fields copied into attrs."""
+    horizon (causal test segments), label fields copied into attrs. Runs under no_grad; the caller's grad mode is
+    left as it was (the in-process scheduler runs this in the caller's thread: a notebook, a test)."""
+    import torch
+
+    with torch.no_grad():
+        return _stream_run(spec)
+
+
+def _stream_run(spec: dict) -> xr.Dataset:
     import torch
 
     from ..analysis import origin as O
@@ -96,7 +104,6 @@ def stream_run(spec: dict) -> xr.Dataset:
     from ..record.recorder import record
     from ..tasks.stream import NONE
 
-    torch.set_grad_enabled(False)
     model = load_variant(spec["model"], spec.get("flags"))
     cfg, ids, ledger = _stream(model, spec.get("n_keys"), int(spec.get("seed", 0)), int(spec["tokens"]))
     S, V = cfg.segment_size, cfg.value_size

@@ -267,10 +267,19 @@ class TraceWriter:
         )
 
     def _array(self, name, dims, row_shape, dtype):
-        if name in self.group:
-            return self.group[name]
-        shape = tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, row_shape))
-        return self._create(name, dims, shape, dtype)
+        # handles of this group's arrays, kept: each lookup in the group reads the store (resize updates a handle
+        # in place); dropped whenever the group is opened anew (the store moved into place, or reopened)
+        if getattr(self, "_handles_of", None) is not self.group:
+            self._handles, self._handles_of = {}, self.group
+        arr = self._handles.get(name)
+        if arr is None:
+            if name in self.group:
+                arr = self.group[name]
+            else:
+                shape = tuple(0 if d in APPEND_DIMS else s for d, s in zip(dims, row_shape))
+                arr = self._create(name, dims, shape, dtype)
+            self._handles[name] = arr
+        return arr
 
     def append(self, dim: str, rows: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> None:
         """Append `rows[name] = (dims, array)` along `dim` (the arrays carry n new rows on that axis)."""

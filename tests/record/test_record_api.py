@@ -53,3 +53,21 @@ def test_av_record_can_be_monkeypatched_and_restored(monkeypatch):
     assert av.record() == "fake"
     monkeypatch.undo()
     assert av.record is record
+
+
+def test_probe_keys_is_the_function_with_its_signature_and_docstring():
+    """It was a `(*args, **kwargs)` wrapper that imported the submodule on its first call, which bound the module
+    `armt_viz.record.probe_keys` over the wrapper (and over `av.probe_keys` when first looked up after that)."""
+    pkg = importlib.import_module("armt_viz.record")
+    importlib.import_module("armt_viz.record.probe_keys")  # the submodule: must not shadow the function
+    from armt_viz.record.probe_keys import probe_keys
+    for fn in (pkg.probe_keys, av.probe_keys):
+        assert fn is probe_keys, fn
+    params = list(inspect.signature(probe_keys).parameters)
+    assert params[:3] == ["model", "ds", "at_segments"] and "include_absent" in params
+    assert probe_keys.__doc__.startswith("Replay `k GEN` for every live key")
+    code = ("import armt_viz.record.probe_keys, armt_viz as av, types; "
+            "assert isinstance(av.probe_keys, types.FunctionType), type(av.probe_keys); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "ok"
