@@ -35,41 +35,6 @@ def _disable_transformers_progress_bars() -> None:
 _disable_transformers_progress_bars()
 
 
-# The test files that take longest (make test on a 2-core machine, Dec 2026), longest first. `make test` hands out
-# whole files to its two workers (--dist loadfile) in collection order; these go first so that no worker is left
-# running one of them alone at the end. xdist's own default order (files with more tests first) put them last:
-# they hold few, slow tests each.
-SLOW_FILES_FIRST = (
-    "tests/test_notebooks.py",
-    "tests/ui/test_links_live_ui.py",
-    "tests/reliability/test_rel_hostile_page.py",
-    "tests/test_study.py",
-    "tests/record/test_resume.py",
-    "tests/ui/test_dashboard_ui.py",
-    "tests/reliability/test_rel_hostile_traces.py",
-    "tests/record/test_recorder.py",
-    "tests/reliability/test_rel_dashboard.py",
-    "tests/test_readme.py",
-    "tests/model/test_memory.py",
-    "tests/viz/test_dashboard.py",
-    "tests/model/test_executors.py",
-    "tests/reliability/test_rel_faults.py",
-    "tests/record/test_graph_path.py",
-    "tests/test_bench_official.py",
-)
-
-
-def pytest_configure(config):
-    # keep the collection order (below) as xdist's work order: no reordering of files by their number of tests
-    if getattr(config.option, "loadscopereorder", None) is not None:
-        config.option.loadscopereorder = False
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
-
-
 @pytest.fixture(autouse=True)
 def _seed_everything():
     """Seed python's and numpy's global RNGs, and torch's if torch is importable, before every test.
