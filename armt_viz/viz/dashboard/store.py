@@ -242,8 +242,11 @@ class TraceStore(Viewer):
             # a switch keeps what still applies (layer, sample) and resets the rest (segment, zoom)
             self.layer = _clamp(want.get("layer", self.layer), n_layer - 1)
             self.sample = _clamp(want.get("sample", self.sample), n_sample - 1)
+            # a trace still being recorded opens on its growing end, which the view then follows (refresh);
+            # a finished one on its most informative segment
+            live = not int(ds.attrs.get("complete", 1))
             self.segment = (_clamp(want["segment"], n_seg - 1) if "segment" in want
-                            else self.informative_segment(ds, path, stamp, self.sample))
+                            else n_seg - 1 if live else self.informative_segment(ds, path, stamp, self.sample))
             zoom = want.get("zoom")
             self.x_range = (tuple(float(v) for v in zoom) if zoom is not None and 0 <= zoom[0] < zoom[1] <= n_seg - 1
                             else None)
