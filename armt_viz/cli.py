@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="run a study and write its report")
     st.add_argument("study", choices=["stale-keys"], help="which study")
     st.add_argument("--model", action="append", default=None,
-                    help="'demo' or a save_pretrained folder, optionally named NAME=FOLDER; repeat for several "
-                         "specimens (default: demo)")
+                    help="'demo', 'specimens' (the five shipped stream specimens) or a save_pretrained folder, "
+                         "optionally named NAME=FOLDER; repeat for several specimens (default: demo)")
     st.add_argument("--out", required=True, help="output folder (study.zarr, report.html, figures/)")
     size = st.add_mutually_exclusive_group()
     size.add_argument("--small", action="store_true", help="CI-sized settings (minutes on 2 CPU cores)")

@@ -112,7 +112,10 @@ def check_range(rng: TrainedRange | None, n_segments: int) -> str | None:
     parts = []
     if rng.recall_exact_up_to_segments == 0:
         parts.append("recall was not measured good at any length")
-    if rng.max_segments_trained:
+    if rng.max_segments_trained and rng.carried_memory:
+        parts.append(f"trained on {rng.max_segments_trained:,}-segment windows with the memory carried across "
+                     "windows (truncated BPTT)")
+    elif rng.max_segments_trained:
         parts.append(f"trained on at most {rng.max_segments_trained:,} segments")
     if rng.recall_exact_up_to_segments:
         parts.append(f"recall measured exact up to about {rng.recall_exact_up_to_segments:,}")

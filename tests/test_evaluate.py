@@ -103,12 +103,11 @@ def test_run_eval_reports_the_required_fields():
 
 
 def test_stream_eval_and_recall_on_the_demo_stream():
-    model = _demo()
-    from armt_viz.assets import demo_stream_config
-    cfg = demo_stream_config()
+    model = _demo()  # the AR model, on the AR-format stream its task.json names
+    cfg = ev.model_stream_config(model)
     res = ev.stream_exact_match(model, cfg, 12, samples=4, seed=0)
     assert res["n_queries"] > 0 and res["exact_match"] > 0.5
-    q = ev.stream_queries(model, demo_stream_config(seed=1), 4 * 40)
+    q = ev.stream_queries(model, ev.model_stream_config(model, seed=1), 4 * 40)
     assert q.sizes["query"] > 0 and set(q.data_vars) >= {"correct", "age_segments", "intervening_writes"}
     r = ev.recall_vs_age(q)
     assert int(r["count"].sum()) == int((q.age_segments >= 0).sum())

@@ -1,12 +1,15 @@
 """The shipped demo model (trained by `armt-viz train`; recipe, commands and numbers in MODEL_CARD.md).
 
-    ar_rewrite/   ARMT (tiny GPT-2, 4 layers, d 128) on the official AR rewrite format: K=1, V=1, segment 4 =
-                  one pair per segment. `task.json` also names the AR-format stream it serves as the
-                  "stream" demo model on (one write or query per segment, no deletes).
+    ar_rewrite/       ARMT (tiny GPT-2, 4 layers, d 128) on the official AR rewrite format: K=1, V=1, segment 4 =
+                      one pair per segment (`load_demo_model("ar")`).
+    stream_<variant>/ the stream specimen family (issue 13): tiny GPT-2 (4 layers, d 128), 8 memory tokens,
+                      d_mem 64, on the mutable-state stream (16-token segments, 2 events each, 64 keys, deletes
+                      with NONE answers). Variants trained the same way: baseline (`load_demo_model("stream")`),
+                      no_gamma, gate, half_dmem, no_delta. Each folder has task.json (stream format and
+                      `trained_range`), training.json and evals.json; MODEL_CARD.md has the recipe and numbers.
+                      They are partly trained (the card says how far and what they reach).
 
-No model trained on the 32-token-segment mutable-state stream is shipped yet: `load_demo_model("stream")`
-returns the AR model, and `demo_stream_config()` the stream format it handles (MODEL_CARD.md, "Stream").
-Weights are float16 safetensors (1.9 MB); they load back into float32.
+Weights are float16 safetensors (about 2 MB each); they load back into float32.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["load_demo_model", "demo_model_path", "demo_stream_config", "DEMO_MODELS", "ASSETS_DIR"]
+__all__ = ["load_demo_model", "demo_model_path", "demo_stream_config", "DEMO_MODELS", "SPECIMENS", "ASSETS_DIR"]
 
 ASSETS_DIR = Path(__file__).resolve().parent
-DEMO_MODELS = {"ar": "ar_rewrite", "stream": "ar_rewrite"}  # name -> folder under assets/
+SPECIMENS = ("baseline", "no_gamma", "gate", "half_dmem", "no_delta")
+# name -> folder under assets/; "stream" is the baseline specimen, "stream_<variant>" names each specimen
+DEMO_MODELS = {"ar": "ar_rewrite", "stream": "stream_baseline", **{f"stream_{v}": f"stream_{v}" for v in SPECIMENS}}
 
 
 def demo_model_path(name: str = "stream") -> Path:
-    """Folder of the shipped model `name` ("ar" or "stream")."""
+    """Folder of the shipped model `name` ("ar", "stream" or "stream_<variant>", see `DEMO_MODELS`)."""
     if name not in DEMO_MODELS:
         raise ValueError(f"unknown demo model {name!r}; expected one of {sorted(DEMO_MODELS)}")
     path = ASSETS_DIR / DEMO_MODELS[name]
@@ -32,7 +37,7 @@ def demo_model_path(name: str = "stream") -> Path:
 
 
 def load_demo_model(name: str = "stream", device=None):
-    """The shipped trained ARMT for `name` ("stream" or "ar"; today both are the AR rewrite model), in eval
+    """The shipped trained ARMT for `name` ("stream" = the baseline stream specimen, "stream_<variant>", or "ar"), in eval
     mode, float32, on `device` (default CPU). `model.source_path` (alias `source_dir`) is its folder, whose
     `task.json` gives the stream format to `armt_viz.evaluate` and `armt-viz record`."""
     from ..model.armt import ARMTModel

@@ -22,17 +22,24 @@ import numpy as np
 import xarray as xr
 
 from . import stats as st
-from .runs import stream_run
+from .runs import study_run
 
 __all__ = ["plan", "stale_keys_study", "summarise", "SMALL", "MEDIUM", "FULL"]
 
 log = logging.getLogger(__name__)
 
 # settings: key counts swept, tokens per run (the model's own key count gets `tokens_main`), seeds, causal horizon
-SMALL = dict(n_keys=(2,), tokens=1000, tokens_main=1000, seeds=(0,), horizon=48, variants=True)
+# tokens_long: one stream per specimen, run without recording, for recall by stream position (with memory, and
+# ablated over at most ABLATED_LONG tokens)
+SMALL = dict(n_keys=(2,), tokens=1000, tokens_main=1000, seeds=(0,), horizon=48, variants=True, tokens_long=4096)
 # a CPU-sized run long enough for the demo model's recall to degrade (5-13 min on 2 CPU cores)
-MEDIUM = dict(n_keys=(2,), tokens=4000, tokens_main=12000, seeds=(0,), horizon=256, variants=True)
-FULL = dict(n_keys=(2, 4, 64), tokens=200_000, tokens_main=1_000_000, seeds=(0, 1, 2), horizon=512, variants=True)
+MEDIUM = dict(n_keys=(2,), tokens=4000, tokens_main=12000, seeds=(0,), horizon=256, variants=True,
+              tokens_long=65_536)
+# the reported study: two seeds; the own-key-count run over 2,048 segments (the length of the training streams),
+# 2 and 8 keys over 1,024 segments (up to ~500 updates per key), and one 1M-token stream per specimen
+FULL = dict(n_keys=(2, 8, 64), tokens=16_384, tokens_main=32_768, seeds=(0, 1), horizon=256, variants=True,
+            tokens_long=1_000_000)
+ABLATED_LONG = 65_536
 VARIANTS = {"as trained": {}, "gamma off": {"correction": False}, "no delta rule": {"delta_rule": False}}
 
 
@@ -45,13 +52,18 @@ def _own_keys(model_spec: str) -> int:
 def plan(specimens: dict[str, str], settings: dict) -> list[dict]:
     """The independent runs: per specimen, the model's own key count as trained (long, with the causal test) and
     with each flag switched, plus other key counts as trained (updates per key and live keys vary with them)."""
+    from .runs import load_variant
+
     specs = []
     for name, model in specimens.items():
         own = _own_keys(model)
+        config = load_variant(model).config
         for seed in settings["seeds"]:
             for variant, flags in VARIANTS.items():
                 if variant != "as trained" and not settings.get("variants", True):
                     continue
+                if flags and all(getattr(config, k) == v for k, v in flags.items()):
+                    continue  # the model already runs this way (e.g. gamma off on the no-gamma specimen)
                 specs.append(dict(specimen=name, model=model, variant=variant, flags=flags, n_keys=own, seed=seed,
                                   tokens=settings["tokens_main"] if variant == "as trained" else settings["tokens"],
                                   causal=variant == "as trained", horizon=settings["horizon"]))
@@ -59,7 +71,12 @@ def plan(specimens: dict[str, str], settings: dict) -> list[dict]:
                 if k != own:
                     specs.append(dict(specimen=name, model=model, variant="as trained", flags={}, n_keys=int(k),
                                       seed=seed, tokens=settings["tokens"], causal=False, horizon=0))
-    return specs
+        if settings.get("tokens_long"):
+            for ablate in (False, True):
+                specs.append(dict(kind="long", specimen=name, model=model, seed=0, ablate=ablate,
+                                  tokens=min(settings["tokens_long"], ABLATED_LONG) if ablate else settings["tokens_long"]))
+    # longest first, so a cluster's workers finish together
+    return sorted(specs, key=lambda s: -s["tokens"] * (3 if s.get("causal") else 1) / (6 if s.get("kind") == "long" else 1))
 
 
 def _run_all(specs: list[dict], scheduler: str | None, progress: bool) -> list[xr.Dataset]:
@@ -68,13 +85,13 @@ def _run_all(specs: list[dict], scheduler: str | None, progress: bool) -> list[x
     if scheduler:
         from dask.distributed import Client, as_completed
         with Client(scheduler) as client:
-            futures = client.map(stream_run, specs, pure=False)
+            futures = client.map(study_run, specs, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             out = [None] * len(specs)
             for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="study runs"):
                 out[index[fut.key]] = fut.result()
             return out
-    return [stream_run(s) for s in tqdm(specs, disable=not progress, desc="study runs")]
+    return [study_run(s) for s in tqdm(specs, disable=not progress, desc="study runs")]
 
 
 def _queries(results: list[xr.Dataset]) -> xr.Dataset:
@@ -122,9 +139,42 @@ def _curves(q: xr.Dataset, segment_size: int) -> xr.Dataset:
     return xr.Dataset({k: ("curve", v.astype(object) if v.dtype.kind in "UO" else v) for k, v in cols.items()})
 
 
+def _positions(longs: list[xr.Dataset]) -> xr.Dataset:
+    """The long runs' recall by stream position along `pos_row` (pos_specimen, pos_arm label each row)."""
+    parts = []
+    for r in longs:
+        n = r.sizes["pos"]
+        parts.append(r.rename({"pos": "pos_row"}).assign(
+            pos_specimen=("pos_row", np.full(n, r.attrs["specimen"], dtype=object)),
+            pos_arm=("pos_row", np.full(n, r.attrs["arm"], dtype=object)),
+            pos_tokens=("pos_row", np.full(n, int(r.attrs["tokens"])))))
+    if not parts:
+        return xr.Dataset()
+    out = xr.concat(parts, dim="pos_row")
+    out.attrs = {}
+    return out
+
+
+def _position_rows(d: xr.Dataset, spec: str):
+    """(lo, hi, acc, ci_lo, ci_hi, n, ablated acc or NaN) per stream-position bin of `spec`'s long run."""
+    if "pos_specimen" not in d:
+        return []
+    sp = d["pos_specimen"].values.astype(str) == spec
+    arm = d["pos_arm"].values.astype(str)
+    mem, abl = np.flatnonzero(sp & (arm == "memory")), np.flatnonzero(sp & (arm == "ablated"))
+    ablated = {int(d["pos_lo"].values[i]): float(d["pos_acc"].values[i]) for i in abl}
+    return [(int(d["pos_lo"].values[i]), int(d["pos_hi"].values[i]), float(d["pos_acc"].values[i]),
+             float(d["pos_ci_lo"].values[i]), float(d["pos_ci_hi"].values[i]), int(d["pos_n"].values[i]),
+             ablated.get(int(d["pos_lo"].values[i]), np.nan)) for i in mem]
+
+
 def summarise(results: list[xr.Dataset], *, command: str = "") -> xr.Dataset:
     """Every number of the study in one Dataset: queries (dim row), curves (dim curve), per-segment stale mass
-    (dim seg_row), fits (dim series), causal arms (dim causal_row) and the findings table (dim finding)."""
+    (dim seg_row), fits (dim series), causal arms (dim causal_row), recall by stream position of the long runs
+    (dim pos_row) and the findings table (dim finding)."""
+    longs = [r for r in results if r.attrs.get("kind") == "long"]
+    failed = [r.attrs for r in results if r.attrs.get("kind") == "failed"]
+    results = [r for r in results if r.attrs.get("kind") not in ("long", "failed")]
     q = _queries(results)
     S = int(results[0].attrs["segment_size"])
     curves = _curves(q, S)
@@ -168,16 +218,20 @@ def summarise(results: list[xr.Dataset], *, command: str = "") -> xr.Dataset:
                                     causal_degraded=int(r.attrs["causal_degraded"])))
     causal = xr.Dataset({k: ("causal_row", np.array([c[k] for c in causal_rows], dtype=object if isinstance(causal_rows[0][k], str) else None))
                          for k in (causal_rows[0] if causal_rows else {})})
-    out = xr.merge([q, curves, fits, segs, causal], compat="override", join="outer")
+    out = xr.merge([q, curves, fits, segs, causal, _positions(longs)], compat="override", join="outer")
     for r in results:  # the report's one-read figure, so a report can be rebuilt from study.zarr alone
         if "example_write_share" in r:
             out = out.merge(r[[v for v in r.data_vars if v.startswith("example_")]])
             out.attrs.update({k: r.attrs[k] for k in ("example_norm", "example_probe", "analysis_layer")})
             break
-    findings = _findings(out, command)
+    findings = _findings(out, command, failed)
     out = out.merge(findings)
-    out.attrs.update(segment_size=S, command=command, n_runs=len(results), created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out.attrs.update(segment_size=S, command=command, n_runs=len(results) + len(longs) + len(failed), created=time.strftime("%Y-%m-%d %H:%M:%S"))
     return out
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:.3f}"
 
 
 def _acc(sub: xr.Dataset, lo: float, hi: float):
@@ -187,8 +241,9 @@ def _acc(sub: xr.Dataset, lo: float, hi: float):
     return (k / n if n else np.nan), float(l_), float(h_), n
 
 
-def _findings(d: xr.Dataset, command: str) -> xr.Dataset:
-    """The findings table: (claim, value, CI low, CI high, n, command) rows."""
+def _findings(d: xr.Dataset, command: str, failed: list[dict] = ()) -> xr.Dataset:
+    """The findings table: (claim, value, CI low, CI high, n, command) rows; `failed`: attrs of runs whose memory
+    overflowed (reported as the segment where it did)."""
     rows = []
 
     def add(claim, value, lo=np.nan, hi=np.nan, n=0):
@@ -227,6 +282,14 @@ def _findings(d: xr.Dataset, command: str) -> xr.Dataset:
                 lo, hi = st.wilson(k, n)
                 add(f"{spec}: recall accuracy with {var} (same weights)", k / n, lo, hi, n)
                 add(f"{spec}: surviving stale mass with {var} (mean)", np.nanmean(sub["stale_mass_origin"]), n=n)
+        rows_ = _position_rows(d, spec)
+        for lo_, hi_, acc, cl, ch, n_, abl in ([rows_[0], rows_[-1]] if len(rows_) > 1 else rows_):
+            add(f"{spec}: recall at segments {lo_:,}-{hi_:,} of one {int(d['pos_tokens'].max()):,}-token stream "
+                f"(memory ablated: {_fmt(abl)})", acc, cl, ch, n_)
+        for f in failed:
+            if str(f.get("specimen")) == spec:
+                add(f"{spec}: with {f.get('variant')} (same weights, {f.get('n_keys_stream', f.get('n_keys'))} keys, seed "
+                    f"{f.get('seed')}) the memory overflowed float32 at segment (value)", f.get("failed_segment", -1))
         if "causal_arm" in d:
             ci = np.flatnonzero(d["causal_specimen"].values.astype(str) == spec)
             for arm in ("none", "stale removed", "random removed"):
@@ -253,7 +316,8 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
     """Run the stale-key study and write DIR/study.zarr, DIR/report.html (offline) and DIR/figures/*.png.
 
     Args:
-        model: a model spec ('demo' or a save_pretrained folder) or a list of them (each is a specimen).
+        model: a model spec ('demo', a save_pretrained folder, NAME=FOLDER, or 'specimens' for the five shipped
+            stream specimens) or a list of them (each is a specimen).
         specimens: {name: model spec} instead of `model` (e.g. the trained family).
         small: the CI-sized settings (`SMALL`, minutes on 2 CPU cores); medium: `MEDIUM` (a 12k-token stream,
             long enough for the demo model to degrade; ~13 min); else `FULL` (up to 1M tokens per stream).
@@ -263,10 +327,18 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
     """
     from .report import write_report
 
+    given = None
     if specimens is None:
         models = [model] if isinstance(model, str) else list(model)
-        # "name=path" names a specimen (e.g. baseline=runs/train/stream); a bare spec is its own name
-        specimens = dict(m.split("=", 1) if "=" in m else (m, m) for m in models)
+        given = models
+        specimens = {}
+        for m in models:
+            if m == "specimens":  # the shipped family: baseline, no_gamma, gate, half_dmem, no_delta
+                from ..assets import SPECIMENS, demo_model_path
+                specimens.update({v: str(demo_model_path(f"stream_{v}")) for v in SPECIMENS})
+            else:  # "name=path" names a specimen (e.g. baseline=runs/train/stream); a bare spec is its own name
+                name, _, path = m.partition("=") if "=" in m else (m, "", m)
+                specimens[name] = path
     if not specimens:
         raise ValueError("stale_keys_study needs at least one model; pass model='demo' or a checkpoint folder")
     if small and medium:
@@ -275,7 +347,7 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
     cfg.update(settings or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "armt-viz study stale-keys " + " ".join(f"--model {m}" for m in specimens.values()) + \
+    command = "armt-viz study stale-keys " + " ".join(f"--model {m}" for m in (given or specimens.values())) + \
         f" --out {out}" + (" --small" if small else " --medium" if medium else "")
     specs = plan(specimens, cfg)
     log.info("stale-key study: %d runs", len(specs))

@@ -4,7 +4,9 @@
 returns a small Dataset: one row per query (correct, updates per key, live keys, answer class and its chance,
 the surviving stale mass and per-write stale mass of the memory the query reads, the asked fact's old-version
 residual and crosstalk) and one row per segment (stale mass, both views). With `spec["causal"]` it also runs the
-causal test (`causal_test`). Specs and results are plain picklable objects, so runs map onto a dask cluster.
+causal test (`causal_test`). `long_run(spec)` runs one long stream (up to 1M tokens) without recording and
+returns recall by stream position, with or without memory. `study_run(spec)` dispatches on `spec["kind"]`.
+Specs and results are plain picklable objects, so runs map onto a dask cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import tempfile
 import numpy as np
 import xarray as xr
 
-__all__ = ["stream_run", "load_variant", "causal_test", "query_table"]
+__all__ = ["stream_run", "long_run", "study_run", "load_variant", "causal_test", "query_table", "POSITION_EDGES"]
+
+# stream-position bins of a long run, in segments (the last bin ends past the stream)
+POSITION_EDGES = (0, 16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 def load_variant(model_spec: str, flags: dict | None = None):
@@ -86,14 +91,72 @@ def _decode(pred_digits: np.ndarray, none_token: int) -> int:
     return -2
 
 
+def study_run(spec: dict) -> xr.Dataset:
+    """One study cell: `long_run` for spec["kind"] == "long", else `stream_run`."""
+    return long_run(spec) if spec.get("kind") == "long" else stream_run(spec)
+
+
+def long_run(spec: dict) -> xr.Dataset:
+    """Recall by stream position over one long stream (spec: model, flags, seed, tokens, ablate), the model's own
+    stream format, no recording: `evaluate.stream_queries` (the model's one segment loop, flat memory).
+
+    Returns variables over dim `pos` (bins of POSITION_EDGES segments): pos_lo, pos_hi (segments), pos_acc with
+    Wilson 95 % CI (pos_ci_lo, pos_ci_hi), pos_n queries, pos_chance (a uniform guess over the value set and
+    NONE) and pos_none (share of NONE answers: an ablated model gets those right); attrs label the run."""
+    import torch
+
+    from ..evaluate import model_stream_config, stream_queries
+    from .stats import wilson
+
+    with torch.no_grad():
+        model = load_variant(spec["model"], spec.get("flags"))
+        cfg = model_stream_config(model, seed=int(spec.get("seed", 0)), segment_size=model.config.segment_size)
+        S = cfg.segment_size
+        n_tok = max(S, int(spec["tokens"]) // S * S)
+        q = stream_queries(model, cfg, n_tok, ablate_memory=bool(spec.get("ablate")))
+    n_seg = n_tok // S
+    edges = [e for e in POSITION_EDGES if e < n_seg] + [n_seg]
+    seg = q["segment"].values
+    ok = q["correct"].values.astype(bool)
+    none = q["expected_answer"].values < 0
+    idx = np.digitize(seg, edges) - 1
+    nb = len(edges) - 1
+    keep = (idx >= 0) & (idx < nb)
+    n = np.bincount(idx[keep], minlength=nb).astype(float)
+    k = np.bincount(idx[keep], weights=ok[keep], minlength=nb)
+    nn = np.bincount(idx[keep], weights=none[keep], minlength=nb)
+    lo, hi = wilson(k, n)
+    n_values = 16 ** cfg.value_size + 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xr.Dataset(
+            {"pos_lo": ("pos", np.asarray(edges[:-1], np.int64)), "pos_hi": ("pos", np.asarray(edges[1:], np.int64)),
+             "pos_acc": ("pos", np.where(n > 0, k / np.maximum(n, 1), np.nan)), "pos_ci_lo": ("pos", lo),
+             "pos_ci_hi": ("pos", hi), "pos_n": ("pos", n.astype(np.int64)),
+             "pos_chance": ("pos", np.full(nb, 1.0 / n_values)), "pos_none": ("pos", nn / np.maximum(n, 1))},
+            attrs={"kind": "long", "specimen": str(spec["specimen"]), "arm": "ablated" if spec.get("ablate") else "memory",
+                   "seed": int(spec.get("seed", 0)), "tokens": n_tok, "segment_size": S,
+                   "overall": float(ok.mean()) if len(ok) else float("nan"), "n_queries": int(len(ok))})
+
+
 def stream_run(spec: dict) -> xr.Dataset:
     """Run one study cell. spec: model, flags, n_keys, seed, tokens, layer (analysis layer, -1 = last), causal,
     horizon (causal test segments), label fields copied into attrs. Runs under no_grad; the caller's grad mode is
-    left as it was (the in-process scheduler runs this in the caller's thread: a notebook, a test)."""
+    left as it was (the in-process scheduler runs this in the caller's thread: a notebook, a test). A run whose
+    memory overflows (non-finite A) returns an empty Dataset with attrs kind="failed", error and failed_segment,
+    so one diverging variant does not sink the study: the findings report it."""
+    import re
+
     import torch
 
-    with torch.no_grad():
-        return _stream_run(spec)
+    try:
+        with torch.no_grad():
+            return _stream_run(spec)
+    except FloatingPointError as exc:  # e.g. no delta rule on weights trained with it: A overflows float32
+        m = re.search(r"at segment (\d+)", str(exc))
+        return xr.Dataset(attrs={**{k: (v if isinstance(v, (int, float, str)) else str(v))
+                                    for k, v in spec.items() if k != "flags"},
+                                 "flags": str(spec.get("flags") or {}), "kind": "failed", "error": str(exc),
+                                 "failed_segment": int(m.group(1)) if m else -1})
 
 
 def _stream_run(spec: dict) -> xr.Dataset:
