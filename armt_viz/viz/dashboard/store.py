@@ -254,10 +254,12 @@ class TraceStore(Viewer):
                 self.tab = want["tab"]
             if want.get("compare") is not None:
                 self.compare = want["compare"]
-        for widget, n in ((self._layer, n_layer), (self._segment, n_seg)):
-            widget.param.update(start=0, end=n - 1)
-        for widget, n in ((self._layer_slider, n_layer), (self._segment_slider, n_seg)):
-            widget.param.update(start=0, end=max(n - 1, 1), disabled=n < 2)
+        # range and value in one update per widget (see `refresh`: a range change alone makes a browser slider
+        # re-send the value it holds)
+        for widget, n, v in ((self._layer, n_layer, self.layer), (self._segment, n_seg, self.segment)):
+            widget.param.update(start=0, end=n - 1, value=v)
+        for widget, n, v in ((self._layer_slider, n_layer, self.layer), (self._segment_slider, n_seg, self.segment)):
+            widget.param.update(start=0, end=max(n - 1, 1), value=v, disabled=n < 2)
         self._sample.param.update(options={str(i): i for i in range(n_sample)}, value=self.sample,
                                   visible=n_sample > 1)
         if self._trace_select.value != name:
@@ -321,14 +323,16 @@ class TraceStore(Viewer):
         old_n = self.n_segments
         n_seg = max(_data.n_segments(ds), 1)
         following = self.segment >= old_n - 1
+        value = n_seg - 1 if following else self.segment
         self.ds = ds
-        # widen the controls first: a widget refuses a value beyond its end
+        # widen the controls first (a widget refuses a value beyond its end), each in ONE update with its new value:
+        # a browser slider whose range changes re-sends the value it holds, and sent on its own after the new
+        # value that stale echo put a followed view back on the old last segment for good (seen under load)
         self.param.segment.bounds = (0, n_seg - 1)
-        self._segment.param.update(end=n_seg - 1)
-        self._segment_slider.param.update(end=max(n_seg - 1, 1), disabled=n_seg < 2)
+        self._segment.param.update(end=n_seg - 1, value=value)
+        self._segment_slider.param.update(end=max(n_seg - 1, 1), value=value, disabled=n_seg < 2)
         self.stamp = stamp
-        if following:
-            self.segment = n_seg - 1
+        self.segment = value
         self._refresh_facts()
         self.param.trigger("version")
         return n_seg != old_n
