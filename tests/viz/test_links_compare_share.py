@@ -152,3 +152,34 @@ def test_refresh_follows_a_growing_trace(tmp_path):
     assert st.n_segments == 64 and st.segment == 63 and st._segment.end == 63 and st._segment.value == 63
     assert "new.zarr" in st._trace_select.options.values()
     assert "segment 63" in app.views["assoc"].pane.object.layout.title.text
+
+
+def test_a_followed_view_put_back_on_an_earlier_end_keeps_following(tmp_path):
+    """A browser widget whose range changed can send back the value it held (an earlier end): the view keeps
+    following; a view the user moved elsewhere stays where the user put it."""
+    import shutil
+    import time
+
+    from synthetic import make_trace, write_store
+
+    full = make_trace(level="writes", seed=4, n_segments=96)
+    write_store(full.isel(segment=slice(0, 32)), tmp_path / "grow.zarr")
+    app = build_app(str(tmp_path), trace="grow.zarr", sync_url=False)
+    st = app.store
+
+    def grow(n):
+        time.sleep(0.01)
+        shutil.rmtree(tmp_path / "grow.zarr")
+        write_store(full.isel(segment=slice(0, n)), tmp_path / "grow.zarr")
+
+    st.segment = 31  # watching the end
+    grow(64)
+    assert st.refresh() is True and st.segment == 63
+    st.segment = 31  # the stale echo of the old end
+    assert st.refresh() is False and st.segment == 63  # nothing new committed: back to the end
+    st.segment = 31
+    grow(80)
+    assert st.refresh() is True and st.segment == 79 and st._segment.value == 79
+    st.segment = 10  # the user looks elsewhere
+    grow(96)
+    assert st.refresh() is True and st.segment == 10

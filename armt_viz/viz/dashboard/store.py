@@ -101,6 +101,7 @@ class TraceStore(Viewer):
         self.ds: xr.Dataset | None = None
         self._opening: tuple | None = None  # (name, path, stamp) of a trace being opened in the background
         self._deferred: dict = {}  # URL selection values waiting for that trace
+        self._follow_ends: set[int] = set()  # last segments a live view followed (see `refresh`)
         names = self.available_traces()
         self._trace_select = pn.widgets.Select(label="Trace", options={NO_TRACE_LABEL: "", **{n: n for n in names}},
                                                value="", sizing_mode="stretch_width",
@@ -247,6 +248,7 @@ class TraceStore(Viewer):
             live = not int(ds.attrs.get("complete", 1))
             self.segment = (_clamp(want["segment"], n_seg - 1) if "segment" in want
                             else n_seg - 1 if live else self.informative_segment(ds, path, stamp, self.sample))
+            self._follow_ends = {n_seg - 1} if live and self.segment == n_seg - 1 else set()
             zoom = want.get("zoom")
             self.x_range = (tuple(float(v) for v in zoom) if zoom is not None and 0 <= zoom[0] < zoom[1] <= n_seg - 1
                             else None)
@@ -314,6 +316,9 @@ class TraceStore(Viewer):
             return False
         stamp = loaders.stamp_of(self.path)
         if stamp == self.stamp:
+            # a followed view that a stale browser echo put back on an earlier end returns to the end
+            if self.segment in self._follow_ends and self.segment != self.n_segments - 1:
+                self.segment = self.n_segments - 1
             return False
         try:
             ds = loaders.open_dataset(self.path, stamp)
@@ -322,7 +327,11 @@ class TraceStore(Viewer):
             return False
         old_n = self.n_segments
         n_seg = max(_data.n_segments(ds), 1)
-        following = self.segment >= old_n - 1
+        # following: on the last segment, or on an end this view followed before. After a range change the
+        # browser's widgets can send back the value they held, an earlier end (seen under load: the view
+        # stuck on segment 31 of a growing trace); a view the user moved elsewhere stops following.
+        following = self.segment >= old_n - 1 or self.segment in self._follow_ends
+        self._follow_ends = (self._follow_ends | {old_n - 1, n_seg - 1}) if following else set()
         value = n_seg - 1 if following else self.segment
         self.ds = ds
         # widen the controls first (a widget refuses a value beyond its end), each in ONE update with its new value:
