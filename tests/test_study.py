@@ -36,6 +36,8 @@ def test_loglinear_fit_and_halving_point_recover_a_known_decline():
     assert a == pytest.approx(0.9, abs=0.02) and b == pytest.approx(-0.3, abs=0.02)
     assert st.halving_point(0.9, -0.3) == pytest.approx(10 ** 1.5)  # 0.9 - 0.3 log10(u) = 0.45
     assert st.halving_point(0.9, 0.1) == np.inf  # no decline: never halves
+    assert st.halving_point(0.12, -0.001) == np.inf  # nearly flat: 1e60 updates is "never", not a number
+    assert st.halving_point(0.9, -0.9 / 8) == pytest.approx(1e4)  # at the cap: still a number
     assert st.pi_llm_halving() == pytest.approx(np.sqrt(1200))
     lo, hi = st.halving_ci(u[:3000], y[:3000], n_boot=50)
     assert lo < 10 ** 1.5 < hi

@@ -24,7 +24,7 @@ import xarray as xr
 from . import stats as st
 from .runs import study_run
 
-__all__ = ["plan", "stale_keys_study", "summarise", "SMALL", "MEDIUM", "FULL"]
+__all__ = ["plan", "stale_keys_study", "summarise", "rebuild_report", "SMALL", "MEDIUM", "FULL"]
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +359,29 @@ def stale_keys_study(model: str | list[str] = "demo", out: str | Path = "runs/st
     _to_zarr(summary, out / "study.zarr")
     write_report(summary, out, results=results, png=png)
     return summary
+
+
+def rebuild_report(out: str | Path, *, png: bool = True) -> xr.Dataset:
+    """Re-derive the halving points and the findings table of DIR/study.zarr with this version's code, then
+    rewrite DIR/study.zarr, DIR/report.html and (png=True) DIR/figures/: a report fix without rerunning the runs.
+    Overflow rows (runs whose memory overflowed) are kept as stored. Returns the summary."""
+    out = Path(out)
+    d = xr.open_zarr(out / "study.zarr").load()
+    half = np.array([st.halving_point(a, b) for a, b in zip(d["fit_a"].values, d["fit_b"].values)])
+    d["halving_updates"] = ("series", half)
+    for v in ("halving_lo", "halving_hi"):  # the cap is monotone, so it commutes with the bootstrap percentiles
+        d[v] = ("series", np.where(d[v].values.astype(float) > st.HALVING_CAP, np.inf, d[v].values.astype(float)))
+    old = d[[v for v in d.data_vars if d[v].dims == ("finding",)]]
+    keep = [i for i, c in enumerate(old["finding_claim"].values.astype(str)) if "overflowed" in c]
+    d = d.drop_dims("finding")
+    new = _findings(d, str(d.attrs.get("command", "")))
+    if keep:
+        new = xr.concat([new, old.isel(finding=keep)], dim="finding")
+    d = d.merge(new)
+    _to_zarr(d, out / "study.zarr")
+    from .report import write_report
+    write_report(d, out, results=None, png=png)
+    return d
 
 
 def _to_zarr(ds: xr.Dataset, path: Path) -> None:

@@ -241,13 +241,16 @@ def answer_text(d: xr.Dataset) -> str:
                              f"(memory ablated: {abl})")
             tokens = longs[0].split("of one ")[1].split("-token")[0]
             s.append(f"Along one {tokens}-token stream, recall is " + " and ".join(parts) + ".")
-        s.append(f"The delta rule erases part of each old value: the surviving stale mass (origin view) is "
-                 f"{_fmt(so[0])} of the memory a query reads, where the naive per-write sum reports {_fmt(sw[0])}. At "
+        s.append(f"The surviving stale mass (origin view: what superseded values still contribute after every "
+                 f"erasure) is {_fmt(so[0])} of the memory a query reads, where the naive per-write sum reports "
+                 f"{_fmt(sw[0])}. At "
                  f"the asked fact's own keys, old versions contribute {_fmt(res[0])} of the read and other keys "
                  f"{_fmt(xt[0])}.")
-        if np.isfinite(g[0]) or np.isfinite(nd[0]):
-            s.append(f"On the same weights, switching gamma off gives recall {_fmt(g[0])} and removing the delta rule "
-                     f"{_fmt(nd[0])}.")
+        flips = [f"{what} gives recall {_fmt(v[0])}" for what, v in (("switching gamma off", g),
+                                                                      ("removing the delta rule", nd))
+                 if np.isfinite(v[0])]  # a flag the specimen already runs with is not run again
+        if flips:
+            s.append("On the same weights, " + " and ".join(flips) + ".")
         for c in claims:
             if c.startswith(f"{spec}: with ") and "overflowed" in c:
                 s.append(html.escape(c.split(": ", 1)[1].replace(" (value)", f" {_fmt(val[c])}")) + ".")

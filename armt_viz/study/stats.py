@@ -71,13 +71,17 @@ def loglinear_fit(updates, correct) -> tuple[float, float]:
     return float(a), float(b)
 
 
+HALVING_CAP = 1e4  # updates per key: a fit that halves only past this (20x any measured range) never halves
+
+
 def halving_point(a: float, b: float) -> float:
     """Updates per key u_half with a + b log10(u_half) = a / 2 (half the fitted accuracy at one update):
-    10^(-a / (2 b)). inf if the fit does not decline (b >= 0) or a <= 0."""
+    10^(-a / (2 b)). inf if the fit does not decline (b >= 0), a <= 0, or it halves only past HALVING_CAP (a
+    nearly flat fit extrapolated by many decades: 1e39 updates is not a number to report)."""
     if not np.isfinite(a) or not np.isfinite(b) or b >= 0 or a <= 0:
         return float("inf")
     e = -a / (2 * b)
-    return float(10 ** e) if e < 300 else float("inf")
+    return float(10 ** e) if e <= np.log10(HALVING_CAP) else float("inf")
 
 
 def halving_ci(updates, correct, *, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
