@@ -284,3 +284,30 @@ def test_fast_scan_equals_the_per_layer_reference(armt):
     blocks = list(O.stale_norms_blocks(ds, 0, sched, stop=9, block_segments=4))
     rest = list(O.stale_norms_blocks(ds, 0, sched, start=9, carry=blocks[-1][3], block_segments=4))
     np.testing.assert_allclose(np.concatenate([b[2] for b in blocks + rest], axis=1), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["stream", "stream_gate"])
+def test_sums_are_exact_on_a_recorded_specimen_at_every_segment(name):
+    """Issue 13 acceptance on the shipped specimens (the demo model, and the per-channel gate): memory_by_origin sums
+    to memory_at and origin attribution to |read_out| at every segment, within EXACT_REL."""
+    from armt_viz.assets import load_demo_model
+    from armt_viz.evaluate import model_stream_config
+    from armt_viz.tasks.stream import make_stream
+
+    model = load_demo_model(name)
+    stream = make_stream(model_stream_config(model, seed=3), n_tokens=model.config.segment_size * 12)
+    answers = stream.ledger["token"].values[stream.ledger["role"].values == "answer"]
+    probes = [(0, int(t) - 1) for t in answers if t >= 2 * model.config.segment_size][:4]
+    assert len(probes) >= 2
+    with pytest.warns(Warning):  # BeyondTrainingRange: the specimens declare no measured range
+        ds = av.record(model, stream, level="writes", probes=probes, progress=False, storage_dtype="float32")
+    for S in range(ds.sizes["segment"]):
+        for layer in range(model.n_layers):
+            A = av.memory_at(ds, S, layer)[0].values[0]
+            total = av.memory_by_origin(ds, segment=S, layer=layer).sum("status").values
+            assert np.abs(total - A).max() <= EXACT_REL * np.abs(A).max(), (S, layer)
+    for p in range(len(probes)):
+        for layer in range(model.n_layers):
+            r = float(np.linalg.norm(ds["read_out"].isel(probe=p, layer=layer).values))
+            got = float(av.attribute_read(ds, probe=p, layer=layer, by="origin").sum())
+            assert abs(got - r) <= EXACT_REL * r, (p, layer, got, r)
