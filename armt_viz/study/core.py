@@ -43,21 +43,16 @@ ABLATED_LONG = 65_536
 VARIANTS = {"as trained": {}, "gamma off": {"correction": False}, "no delta rule": {"delta_rule": False}}
 
 
-def _own_keys(model_spec: str) -> int:
-    from ..evaluate import model_stream_config
-    from .runs import load_variant
-    return int(model_stream_config(load_variant(model_spec)).n_keys)
-
-
 def plan(specimens: dict[str, str], settings: dict) -> list[dict]:
     """The independent runs: per specimen, the model's own key count as trained (long, with the causal test) and
     with each flag switched, plus other key counts as trained (updates per key and live keys vary with them)."""
+    from ..evaluate import model_stream_config
     from .runs import load_variant
 
     specs = []
     for name, model in specimens.items():
-        own = _own_keys(model)
-        config = load_variant(model).config
+        loaded = load_variant(model)  # once: its own key count and its flags
+        own, config = int(model_stream_config(loaded).n_keys), loaded.config
         for seed in settings["seeds"]:
             for variant, flags in VARIANTS.items():
                 if variant != "as trained" and not settings.get("variants", True):

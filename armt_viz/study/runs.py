@@ -106,7 +106,7 @@ def long_run(spec: dict) -> xr.Dataset:
     import torch
 
     from ..evaluate import model_stream_config, stream_queries
-    from .stats import wilson
+    from .stats import binned
 
     with torch.no_grad():
         model = load_variant(spec["model"], spec.get("flags"))
@@ -116,26 +116,18 @@ def long_run(spec: dict) -> xr.Dataset:
         q = stream_queries(model, cfg, n_tok, ablate_memory=bool(spec.get("ablate")))
     n_seg = n_tok // S
     edges = [e for e in POSITION_EDGES if e < n_seg] + [n_seg]
-    seg = q["segment"].values
     ok = q["correct"].values.astype(bool)
-    none = q["expected_answer"].values < 0
-    idx = np.digitize(seg, edges) - 1
+    b = binned(q["segment"].values, ok, edges, extra={"none": q["expected_answer"].values < 0})
     nb = len(edges) - 1
-    keep = (idx >= 0) & (idx < nb)
-    n = np.bincount(idx[keep], minlength=nb).astype(float)
-    k = np.bincount(idx[keep], weights=ok[keep], minlength=nb)
-    nn = np.bincount(idx[keep], weights=none[keep], minlength=nb)
-    lo, hi = wilson(k, n)
     n_values = 16 ** cfg.value_size + 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return xr.Dataset(
-            {"pos_lo": ("pos", np.asarray(edges[:-1], np.int64)), "pos_hi": ("pos", np.asarray(edges[1:], np.int64)),
-             "pos_acc": ("pos", np.where(n > 0, k / np.maximum(n, 1), np.nan)), "pos_ci_lo": ("pos", lo),
-             "pos_ci_hi": ("pos", hi), "pos_n": ("pos", n.astype(np.int64)),
-             "pos_chance": ("pos", np.full(nb, 1.0 / n_values)), "pos_none": ("pos", nn / np.maximum(n, 1))},
-            attrs={"kind": "long", "specimen": str(spec["specimen"]), "arm": "ablated" if spec.get("ablate") else "memory",
-                   "seed": int(spec.get("seed", 0)), "tokens": n_tok, "segment_size": S,
-                   "overall": float(ok.mean()) if len(ok) else float("nan"), "n_queries": int(len(ok))})
+    return xr.Dataset(
+        {"pos_lo": ("pos", np.asarray(edges[:-1], np.int64)), "pos_hi": ("pos", np.asarray(edges[1:], np.int64)),
+         "pos_acc": ("pos", b["acc"]), "pos_ci_lo": ("pos", b["lo"]), "pos_ci_hi": ("pos", b["hi"]),
+         "pos_n": ("pos", b["n"].astype(np.int64)), "pos_chance": ("pos", np.full(nb, 1.0 / n_values)),
+         "pos_none": ("pos", np.where(b["n"] > 0, b["none"], 0.0))},
+        attrs={"kind": "long", "specimen": str(spec["specimen"]), "arm": "ablated" if spec.get("ablate") else "memory",
+               "seed": int(spec.get("seed", 0)), "tokens": n_tok, "segment_size": S,
+               "overall": float(ok.mean()) if len(ok) else float("nan"), "n_queries": int(len(ok))})
 
 
 def stream_run(spec: dict) -> xr.Dataset:

@@ -194,6 +194,21 @@ def test_bad_input_is_refused():
 torch = pytest.importorskip("torch")
 
 
+def _assert_origin_sums_exact(ds, *, min_read: float | None = None) -> None:
+    """At every segment and layer, memory_by_origin sums to memory_at; at every probe and layer, the origin
+    attribution sums to |read_out| (which must exceed `min_read`, when given); both within EXACT_REL."""
+    for S in range(ds.sizes["segment"]):
+        for layer in range(ds.sizes["layer"]):
+            A = av.memory_at(ds, S, layer)[0].values[0]
+            total = av.memory_by_origin(ds, segment=S, layer=layer).sum("status").values
+            assert np.abs(total - A).max() <= EXACT_REL * np.abs(A).max(), (S, layer)
+    for p in range(ds.sizes["probe"]):
+        for layer in range(ds.sizes["layer"]):
+            r = float(np.linalg.norm(ds["read_out"].isel(probe=p, layer=layer).values))
+            got = float(av.attribute_read(ds, probe=p, layer=layer, by="origin").sum())
+            assert (min_read is None or r > min_read) and abs(got - r) <= EXACT_REL * r, (p, layer, got, r)
+
+
 @pytest.mark.parametrize("armt", [{}, {"gating": True, "n_heads": 2}, {"correction": False}, {"delta_rule": False}],
                          ids=["paper", "gated-two-heads", "no-gamma", "no-delta-rule"])
 def test_sums_are_exact_on_a_recorded_model_at_every_segment(armt):
@@ -207,16 +222,7 @@ def test_sums_are_exact_on_a_recorded_model_at_every_segment(armt):
     probes = [(0, int(t) - 1) for t in answers if t >= 16][:3]
     assert len(probes) == 3
     ds = av.record(model, stream, level="writes", probes=probes, progress=False)
-    for S in range(ds.sizes["segment"]):
-        for layer in range(model.n_layers):
-            A = av.memory_at(ds, S, layer)[0].values[0]
-            total = av.memory_by_origin(ds, segment=S, layer=layer).sum("status").values
-            assert np.abs(total - A).max() <= EXACT_REL * np.abs(A).max(), (S, layer)
-    for p in range(len(probes)):
-        for layer in range(model.n_layers):
-            r = float(np.linalg.norm(ds["read_out"].isel(probe=p, layer=layer).values))
-            got = float(av.attribute_read(ds, probe=p, layer=layer, by="origin").sum())
-            assert r > 1e-3 and abs(got - r) <= EXACT_REL * r, (p, layer, got, r)
+    _assert_origin_sums_exact(ds, min_read=1e-3)
     eager = ds.armt.stale_mass(method="origin")
     lazy = ds.chunk({"segment": 3}).armt.stale_mass(method="origin", block_segments=3)
     assert lazy.chunks is not None
@@ -301,13 +307,4 @@ def test_sums_are_exact_on_a_recorded_specimen_at_every_segment(name):
     assert len(probes) >= 2
     with pytest.warns(Warning):  # BeyondTrainingRange: the specimens declare no measured range
         ds = av.record(model, stream, level="writes", probes=probes, progress=False, storage_dtype="float32")
-    for S in range(ds.sizes["segment"]):
-        for layer in range(model.n_layers):
-            A = av.memory_at(ds, S, layer)[0].values[0]
-            total = av.memory_by_origin(ds, segment=S, layer=layer).sum("status").values
-            assert np.abs(total - A).max() <= EXACT_REL * np.abs(A).max(), (S, layer)
-    for p in range(len(probes)):
-        for layer in range(model.n_layers):
-            r = float(np.linalg.norm(ds["read_out"].isel(probe=p, layer=layer).values))
-            got = float(av.attribute_read(ds, probe=p, layer=layer, by="origin").sum())
-            assert abs(got - r) <= EXACT_REL * r, (p, layer, got, r)
+    _assert_origin_sums_exact(ds)

@@ -44,10 +44,11 @@ def _serve(root: Path, *extra: str):
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _stop(proc) -> None:
+def _stop(proc, timeout: float = 10) -> None:
+    """Terminate `proc`; kill it if it has not exited after `timeout` seconds."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

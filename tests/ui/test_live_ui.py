@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("playwright")
 
 from _browser import new_page  # noqa: E402
-from conftest import REPO  # noqa: E402
+from conftest import REPO, _stop  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 from test_links_live_ui import _ENV, _LIVE_SCRIPT, live_root, live_server  # noqa: E402,F401  (fixtures)
 
@@ -59,9 +59,4 @@ def test_live_view_follows_a_recording(live_server, live_root, browser, artifact
         assert rec.errors == [], rec.errors
     finally:
         page.context.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, timeout=20)

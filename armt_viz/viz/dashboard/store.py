@@ -256,12 +256,8 @@ class TraceStore(Viewer):
                 self.tab = want["tab"]
             if want.get("compare") is not None:
                 self.compare = want["compare"]
-        # range and value in one update per widget (see `refresh`: a range change alone makes a browser slider
-        # re-send the value it holds)
-        for widget, n, v in ((self._layer, n_layer, self.layer), (self._segment, n_seg, self.segment)):
-            widget.param.update(start=0, end=n - 1, value=v)
-        for widget, n, v in ((self._layer_slider, n_layer, self.layer), (self._segment_slider, n_seg, self.segment)):
-            widget.param.update(start=0, end=max(n - 1, 1), value=v, disabled=n < 2)
+        self._set_control(self._layer, self._layer_slider, n_layer, self.layer)
+        self._set_control(self._segment, self._segment_slider, n_seg, self.segment)
         self._sample.param.update(options={str(i): i for i in range(n_sample)}, value=self.sample,
                                   visible=n_sample > 1)
         if self._trace_select.value != name:
@@ -334,17 +330,22 @@ class TraceStore(Viewer):
         self._follow_ends = (self._follow_ends | {old_n - 1, n_seg - 1}) if following else set()
         value = n_seg - 1 if following else self.segment
         self.ds = ds
-        # widen the controls first (a widget refuses a value beyond its end), each in ONE update with its new value:
-        # a browser slider whose range changes re-sends the value it holds, and sent on its own after the new
-        # value that stale echo put a followed view back on the old last segment for good (seen under load)
+        # widen the controls first: a widget refuses a value beyond its end
         self.param.segment.bounds = (0, n_seg - 1)
-        self._segment.param.update(end=n_seg - 1, value=value)
-        self._segment_slider.param.update(end=max(n_seg - 1, 1), value=value, disabled=n_seg < 2)
+        self._set_control(self._segment, self._segment_slider, n_seg, value)
         self.stamp = stamp
         self.segment = value
         self._refresh_facts()
         self.param.trigger("version")
         return n_seg != old_n
+
+    @staticmethod
+    def _set_control(box, slider, n: int, value: int) -> None:
+        """A control's number box and slider get the range 0..n-1 and `value`, each in ONE update: a browser
+        slider whose range changes on its own re-sends the value it held, and that stale echo, arriving after the
+        new value, put a followed live view back on an old last segment (seen under load)."""
+        box.param.update(start=0, end=n - 1, value=value)
+        slider.param.update(start=0, end=max(n - 1, 1), value=value, disabled=n < 2)
 
     @staticmethod
     def informative_segment(ds, path: str, stamp: int, sample: int = 0) -> int:
