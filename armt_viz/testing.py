@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference"]
+__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference",
+           "plain_weights_digest"]
 
 
 def tiny_model(seed: int = 0, family: str = "gpt2", std: float = 0.1, vocab_size: int = 32, **armt_kw):
@@ -115,3 +116,20 @@ def official_order_reference(model):
     from .model.official_order import OfficialOrderARMT
 
     return OfficialOrderARMT(model)
+
+
+def plain_weights_digest(model) -> str:
+    """The naive reference of `record.guard.weights_sha256`: SHA-256 of `name|dtype|shape|` and the raw bytes of
+    every parameter and buffer, in name order, each tensor copied to the host and hashed anew."""
+    import hashlib
+
+    import torch
+
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

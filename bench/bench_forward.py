@@ -48,12 +48,10 @@ def main(argv=None):
     official = None
     if a.official is not None:
         from bench.official_runner import OfficialProcess
-        if device != "cpu":
-            p.error("--official runs on the CPU configs only here (the GPU anchors are in shared/docs/ANCHORS.md)")
         try:
             official = OfficialProcess(a.official, a.official_python, layers=c["layers"], d=c["d"], heads=c["heads"],
                                        vocab=c["vocab"], S=c["S"], M=c["M"], d_mem=c["d_mem"],
-                                       tokens=a.tokens or c["tokens"], threads=a.threads)
+                                       tokens=a.tokens or c["tokens"], threads=a.threads, device=device, dtype=a.dtype)
         except ValueError as e:
             p.error(str(e))
     # bf16 = autocast (the official code cannot run pure-bf16 weights: its float32 state clashes), scoped to the run
@@ -129,12 +127,12 @@ def measure(a, c, device, m, official=None):
         got = m(ids).logits.float()
         err = ((got - eager).abs().max() / eager.abs().max()).item()
 
-        def cold():  # every set-up cost: the executor choice and building the lean step (its cache emptied)
-            steps._CACHE.pop(m, None)
+        def cold():  # every set-up cost: the executor choice and building the lean step / capturing the graph
+            steps.clear_cache(m)
             m(ids)
         rows.append((f"armt_viz model(ids) default (rel err {err:.1e})", paired(cold), None))
-        rows.append(("armt_viz model(ids), lean step cached", paired(lambda: m(ids)), None))
-        print(f"  model(ids) ran: {m.explain_executor()}", flush=True)
+        rows.append(("armt_viz model(ids), its step cached", paired(lambda: m(ids)), None))
+        print(f"  model(ids) ran: {m.explain_executor(input_ids=ids)}", flush=True)
 
         def fast_row(label, segments):
             """A row for the fast path `segments()` (an iterator of SegmentOutputs), with its logits' error

@@ -1,10 +1,16 @@
 """On a GPU: the fast paths equal the eager ones, and how much faster they are than the reference.
 
     python -m bench.gpu_record_check [--config gpu-gpt2] [--tokens 131072] [--dtypes float32 bfloat16]
+        [--official PATH --official-python PY [--official-tokens 32768]]
 
 Exactness (graph and compiled recorder against the eager one, replay from a restored memory, diagonal,
 compiled memory math) is tested in tests/gpu (`make test-gpu`). Speed: tokens/s of recording at levels summary and writes (bfloat16 storage, default keyframes),
 as ratios against the official-order reference measured in the same run, with bytes/token of each store.
+
+--official: also time a checkout of the official ARMT code (`bench/official_runner.py`, its own Python) in the
+same run. The official wrapper keeps every segment's logits (512 x 50,257 per segment: 26 GB in bf16 at 262k
+tokens), so it runs --official-tokens (default 32,768) tokens, alternating three times with the reference over
+the same tokens; each row then also gets x official = x ref * (official time / reference time per token).
 """
 
 import argparse
@@ -33,7 +39,13 @@ def main():
     p.add_argument("--paths", nargs="+", default=["eager", "graph", "compile"])
     p.add_argument("--keyframe-every", default="auto", type=lambda v: v if v == "auto" else int(v))
     p.add_argument("--growth", action="store_true", help="print how bf16 rounding differences grow over segments")
+    p.add_argument("--official", default=None, help="root of a checkout of the official ARMT code")
+    p.add_argument("--official-python", default=None, help="python of an environment where the official code runs")
+    p.add_argument("--official-tokens", type=int, default=32768)
+    p.add_argument("--ref-tokens", type=int, default=65536)
     a = p.parse_args()
+    if (a.official is None) != (a.official_python is None):
+        p.error("--official PATH and --official-python PY go together")
     c = CONFIGS[a.config]
     m = build(c, "cuda", torch.float32)
     ids = torch.randint(0, c["vocab"], (1, a.tokens + 100))  # + a partial segment for the eager tail
@@ -45,10 +57,16 @@ def main():
         with amp:
             ref = official_order_reference(m)
             x = ids[:, :a.tokens].cuda()
+            # the reference returns every segment's logits (52 GB in float32 at 262k tokens): it is timed over
+            # its first --ref-tokens tokens and its time scaled to the whole input (its cost is linear in length)
+            nr = min(a.ref_tokens, a.tokens)
             with torch.no_grad():
                 ref(x[:, :4 * c["S"]]); torch.cuda.synchronize()
-                t = time.perf_counter(); ref(x); torch.cuda.synchronize(); t_ref = time.perf_counter() - t
-            print(f"[{dtype}] official-order reference: {a.tokens / t_ref:.0f} tok/s", flush=True)
+                t = time.perf_counter(); ref(x[:, :nr]); torch.cuda.synchronize()
+                t_ref = (time.perf_counter() - t) * a.tokens / nr
+            print(f"[{dtype}] official-order reference: {a.tokens / t_ref:.0f} tok/s (timed over {nr} tokens)",
+                  flush=True)
+            off = official_per_ref(a, c, m, x, dtype) if a.official else None
             for level in ("summary", "writes"):
                 for path in a.paths:
                     fast = {"eager": False, "graph": True, "compile": "compile"}[path]
@@ -65,8 +83,32 @@ def main():
                             per = {v.name: store_bytes(v) / a.tokens for v in (Path(d) / "t.zarr").iterdir() if v.is_dir()}
                             top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
                             print("    bytes/token by variable: " + ", ".join(f"{k} {v:.1f}" for k, v in top), flush=True)
+                    vs_off = f", {t_ref / dt * off:.2f}x official" if off else ""
                     print(f"[{dtype}] record level={level} {path}: {a.tokens / dt:.0f} tok/s, {t_ref / dt:.2f}x "
-                          f"reference, {bpt:.1f} bytes/token (keyframe_every={a.keyframe_every})", flush=True)
+                          f"reference{vs_off}, {bpt:.1f} bytes/token (keyframe_every={a.keyframe_every})", flush=True)
+
+
+def official_per_ref(a, c, m, x, dtype) -> float:
+    """Official time / reference time over the same --official-tokens tokens (best of 3, alternating)."""
+    from bench.official_runner import OfficialProcess
+    n = min(a.official_tokens, x.shape[1])
+    proc = OfficialProcess(a.official, a.official_python, layers=c["layers"], d=c["d"], heads=c["heads"],
+                           vocab=c["vocab"], S=c["S"], M=c["M"], d_mem=c["d_mem"], tokens=n, threads=1,
+                           device="cuda", dtype=dtype)
+    ref = official_order_reference(m)
+    t_off = t_ref = float("inf")
+    try:
+        for _ in range(3):
+            with torch.no_grad():
+                torch.cuda.synchronize(); t = time.perf_counter(); ref(x[:, :n]); torch.cuda.synchronize()
+            t_ref = min(t_ref, time.perf_counter() - t)
+            t_off = min(t_off, proc.time())
+    finally:
+        proc.close()
+    print(f"[{dtype}] the official code ({a.official}; transformers {proc.versions['transformers']}, torch "
+          f"{proc.versions['torch']}, {proc.versions['device']}), {n} tokens: {n / t_off:.0f} tok/s; reference "
+          f"{n / t_ref:.0f} tok/s over the same tokens (reference / official speed {t_off / t_ref:.2f})", flush=True)
+    return t_off / t_ref
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Run by `bench_forward --official PATH --official-python PY` as a child process:
 
     PY bench/official_runner.py --official PATH --layers 4 --d 128 --heads 4 --vocab 128 --S 128 --M 16 \
-        --d-mem 64 --tokens 8192 --threads 1
+        --d-mem 64 --tokens 8192 --threads 1 [--device cuda --dtype bfloat16]
 
 It imports `modeling_amt.language_modeling` from PATH (never copied into this repository), builds a random
 GPT-2 of the same shape, wraps it as the official scripts do (`AssociativeMemoryCell(base, num_mem_tokens=M,
@@ -15,7 +15,15 @@ alternate them with its own timings:
     quit    -> exit
 
 Its first line of output is {"ready": true, "transformers": version}, or {"error": message} on failure (exit 2).
-Only the standard library, torch and transformers of that Python are used here.
+Only the standard library, torch and transformers of that Python are used here. On a GPU (`--device cuda`) each
+timing ends with a device synchronisation; `--dtype bfloat16` runs the forward under bf16 autocast, as the
+official training scripts do (its memory state stays float32).
+
+The official modeling file imports `wandb` at the top and never calls it (the one use is commented out); where
+wandb is not installed, an empty stand-in module is registered so that the import succeeds.
+
+The child gets its own environment, not ours: our PYTHONPATH is dropped. ARMT_OFFICIAL_PYTHONPATH, when set, is
+its PYTHONPATH (for an environment installed with `pip install --target DIR`).
 """
 
 from __future__ import annotations
@@ -36,10 +44,22 @@ def main(argv=None) -> int:
     p.add_argument("--official", required=True)
     for k in ("layers", "d", "heads", "vocab", "S", "M", "d-mem", "tokens", "threads"):
         p.add_argument(f"--{k}", type=int, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     a = p.parse_args(argv)
     try:
+        import contextlib
+        import importlib.machinery
+        import importlib.util
+        import types
+
         import torch
         import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel  # resolved before any stand-in module exists
+        if importlib.util.find_spec("wandb") is None:  # imported by the official file, never called (docstring)
+            stub = types.ModuleType("wandb")
+            stub.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+            sys.modules["wandb"] = stub
         sys.path.insert(0, a.official)
         from modeling_amt.language_modeling import AssociativeMemoryCell, AssociativeRecurrentWrapper
     except Exception as e:  # noqa: BLE001 -- reported to the parent as one clear line
@@ -48,16 +68,26 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    hf = transformers.GPT2Config(n_layer=a.layers, n_embd=a.d, n_head=a.heads, vocab_size=a.vocab,
+    hf = GPT2Config(n_layer=a.layers, n_embd=a.d, n_head=a.heads, vocab_size=a.vocab,
                                  n_positions=max(1024, a.S + a.M), bos_token_id=0, eos_token_id=0)
-    base = transformers.GPT2LMHeadModel(hf)
+    base = GPT2LMHeadModel(hf)
     cell = AssociativeMemoryCell(base, num_mem_tokens=a.M, d_mem=a.d_mem, layers_attr="transformer.h", wrap_pos=False)
-    model = AssociativeRecurrentWrapper(cell, segment_size=a.S, k2=-1).eval()
-    ids = torch.randint(0, a.vocab, (1, a.tokens))
+    model = AssociativeRecurrentWrapper(cell, segment_size=a.S, k2=-1).to(a.device).eval()
+    ids = torch.randint(0, a.vocab, (1, a.tokens), device=a.device)
     mask = torch.ones_like(ids)
-    with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)  # warm-up
-    _reply({"ready": True, "transformers": transformers.__version__, "torch": torch.__version__})
+    cuda = a.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    amp = (torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16) if a.dtype == "bfloat16"
+           else contextlib.nullcontext())
+
+    def forward():
+        with torch.no_grad(), amp:
+            out = model(input_ids=ids, attention_mask=mask)
+        del out
+        sync()
+    forward()  # warm-up
+    _reply({"ready": True, "transformers": transformers.__version__, "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if cuda else "cpu"})
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":
@@ -65,10 +95,10 @@ def main(argv=None) -> int:
         if cmd != "run":
             _reply({"error": f"unknown command {cmd!r} (expected run or quit)"})
             continue
-        with torch.no_grad():
-            t = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            _reply({"seconds": time.perf_counter() - t})
+        sync()
+        t = time.perf_counter()
+        forward()
+        _reply({"seconds": time.perf_counter() - t})
     return 0
 
 
@@ -76,7 +106,8 @@ class OfficialProcess:
     """The caller's side (this repository's Python): starts the runner in `python`, then `time()` asks it for
     one timed forward. Raises ValueError with what is wrong if PATH or the Python is missing or the import fails."""
 
-    def __init__(self, path, python, *, layers, d, heads, vocab, S, M, d_mem, tokens, threads, timeout=600):
+    def __init__(self, path, python, *, layers, d, heads, vocab, S, M, d_mem, tokens, threads, device="cpu",
+                 dtype="float32", timeout=600):
         import os
         import subprocess
         from pathlib import Path
@@ -89,10 +120,13 @@ class OfficialProcess:
             raise ValueError(f"--official-python {python!r} is not an executable file; pass the python of an "
                              "environment with torch and transformers <= 4.51 (the official code's range)")
         args = dict(layers=layers, d=d, heads=heads, vocab=vocab, S=S, M=M, tokens=tokens, threads=threads)
-        cmd = [python, str(Path(__file__).resolve()), "--official", str(path), "--d-mem", str(d_mem)]
+        cmd = [python, str(Path(__file__).resolve()), "--official", str(path), "--d-mem", str(d_mem),
+               "--device", str(device), "--dtype", dtype]
         for k, v in args.items():
             cmd += [f"--{k}", str(v)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own environment, not ours
+        if os.environ.get("ARMT_OFFICIAL_PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["ARMT_OFFICIAL_PYTHONPATH"]
         env["OMP_NUM_THREADS"] = str(threads)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
@@ -101,7 +135,7 @@ class OfficialProcess:
             err = first.get("error") or self.proc.stderr.read()[-2000:]
             self.close()
             raise ValueError(f"the official code did not start: {err}")
-        self.versions = {k: first.get(k) for k in ("transformers", "torch")}
+        self.versions = {k: first.get(k) for k in ("transformers", "torch", "device")}
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()

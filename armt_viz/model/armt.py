@@ -453,16 +453,17 @@ class ARMTModel(nn.Module):
         if buf is not None and buf.shape[1] > 0:
             yield buf, None
 
-    def explain_executor(self, attention_mask: Tensor | None = None) -> str:
-        """Which segment step `model(ids)` (with this mask, under the current grad/autocast mode) would run, and
-        why (`steps.default_step`; `steps.explain` explains `pick_step` for other runs)."""
+    def explain_executor(self, attention_mask: Tensor | None = None, input_ids: Tensor | None = None) -> str:
+        """Which segment step `model(input_ids)` (with this mask, under the current grad/autocast mode) would run,
+        and why (`steps.default_step`; `steps.explain` explains `pick_step` for other runs). On CUDA the choice
+        depends on the input's batch size and length: pass it."""
         from .steps import default_step
-        return default_step(self, attention_mask, grad=True, build=False).reason
+        return default_step(self, attention_mask, grad=True, build=False, input_ids=input_ids).reason
 
-    def _default_step(self, mask: Tensor | None, grad: bool):
+    def _default_step(self, mask: Tensor | None, grad: bool, ids: Tensor | None = None, purpose: str = "forward"):
         """The step `forward`/`stream` run when none is given (`steps.default_step`); None for the HF step."""
         from .steps import HFStep, default_step
-        step = default_step(self, mask, grad).step
+        step = default_step(self, mask, grad, input_ids=ids, purpose=purpose).step
         return None if isinstance(step, HFStep) else step
 
     # ----------------------------------------------------------------- public runs
@@ -476,10 +477,14 @@ class ARMTModel(nn.Module):
         ids = self._check_ids(input_ids)
         mask = self._check_mask(attention_mask, ids)
         logits, last = [], state
-        step = self._default_step(mask, grad=True)  # the lean CPU step where exact (steps.default_step)
+        step = self._default_step(mask, grad=True, ids=ids)  # lean CPU step / CUDA graph where exact (steps.default_step)
+        static = getattr(step, "static_outputs", False)  # a replayed graph overwrites its outputs at the next segment
         for out in self.run_segments(self._split(ids, mask), state, grad=True, step=step):
-            logits.append(out.logits)
+            logits.append(out.logits.clone() if static else out.logits)
             last = out.state
+        if static and last is not None:
+            last = MemoryState(tuple(a.clone() for a in last.assoc), tuple(z.clone() for z in last.normalizer),
+                               last.segments)
         logits_t = torch.cat(logits, dim=1)
         loss = None
         if labels is not None:
@@ -494,10 +499,10 @@ class ARMTModel(nn.Module):
         segment is flushed at the end). Only one segment's activations are alive at a time,
         so memory stays flat however long the stream is. `step`: a SegmentStep for the segments it
         accepts (see `run_segments`; `steps.pick_step(model, ...)` picks the fastest that applies); left out,
-        `steps.default_step` picks (the lean CPU step where exact, else the HF step).
+        `steps.default_step` picks (the lean CPU step where exact, else the HF step; on CUDA the HF step, see there).
         """
         if step is None:
-            step = self._default_step(None, grad=grad)
+            step = self._default_step(None, grad=grad, purpose="stream")
         return self.run_segments(self._recut(chunks), state, grad=grad, step=step)
 
     @torch.no_grad()

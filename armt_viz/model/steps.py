@@ -22,10 +22,15 @@ Diagonal batching (`diagonal.py`) computes many segments per call and is the one
 its own pipeline, not a step of the loop.
 
 `default_step(model, mask, grad)` is what `model(ids)` (`forward`) and `model.stream(...)` run when no step is
-given: on the CPU, `pick_step`'s choice (the one decision whether the lean step can run: eval mode, no autograd
-needed, float32, no CPU autocast, ...) unless the call needs what only the HF step does (a padding mask, PyTorch
-forward hooks on the backbone, custom memory kernels); on CUDA the HF step. ``ARMT_VIZ_FORWARD=hf`` forces the HF
-step, and so does `with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
+given: `pick_step`'s choice (the one decision whether the lean step or the CUDA graph can run: eval mode, no
+autograd needed, float32 or autocast, ...) unless the call needs what only the HF step does (a padding mask, PyTorch
+forward hooks on the backbone, custom memory kernels). On the CPU that is the lean step. On CUDA `model(ids)`
+replays a CUDA graph (`fast.GraphedStepper`, cached per model, batch size and autocast/inference mode, rebuilt when
+a parameter changes) when the input has at least `GRAPH_MIN_SEGMENTS` full segments or a graph for the call is
+cached: capturing the two graphs costs about six eager steps. `forward` copies each replayed segment's logits out of
+the graph's static buffers. `model.stream` stays on the HF step on CUDA: it hands out every segment's output, which
+a replay would overwrite (`fast.fast_stream` is the graph stream with that contract). ``ARMT_VIZ_FORWARD=hf`` forces
+the HF step, and so does `with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from torch import Tensor
 from . import cpu_kernels
 from .armt import ARMTModel, MemoryState, SegmentOutput
 
-__all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain", "default_step", "hf_step", "FORWARD_ENV"]
+__all__ = ["SegmentStep", "HFStep", "StepChoice", "pick_step", "explain", "default_step", "hf_step", "FORWARD_ENV",
+           "GRAPH_MIN_SEGMENTS", "clear_cache"]
 
 
 @runtime_checkable
@@ -177,12 +183,13 @@ def _user_forward_hooks(backbone) -> bool:
     return any(user(m._forward_hooks.values()) or user(m._forward_pre_hooks.values()) for m in backbone.modules())
 
 
-def _default_why_not(model: ARMTModel, attention_mask) -> str | None:
+def _default_why_not(model: ARMTModel, attention_mask, purpose: str) -> str | None:
     """None if `forward`/`stream` may take `pick_step`'s choice for this call, else why the HF step runs instead.
 
-    Only what is particular to the default: the overrides, the CPU-only default, the padding mask, custom memory
-    kernels and PyTorch forward hooks (the lean step honours none of these). Whether the lean step can run the model
-    (training mode, autograd, autocast, backbone, dtype, heads) is `pick_step`'s decision alone."""
+    Only what is particular to the default: the overrides, the stream on CUDA, the padding mask, custom memory
+    kernels and PyTorch forward hooks (neither the lean step nor a replayed graph honours these). Whether the lean
+    step or a graph can run the model (training mode, autograd, autocast, backbone, dtype, heads) is `pick_step`'s
+    decision alone."""
     from .memory import EAGER_KERNELS
 
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
@@ -195,14 +202,17 @@ def _default_why_not(model: ARMTModel, attention_mask) -> str | None:
     if model._slot.lean is not None:
         return "a lean step is installed by use_lean (model.step runs it)"
     device = model.memory.device
-    if device.type != "cpu":
-        return f"the default off the CPU is the HF step (the model is on {device}); pass step=pick_step(...).step"
+    if (device.type != "cpu" or _EMULATE_GRAPH) and purpose == "stream":
+        return (f"model.stream off the CPU runs the HF step (the model is on {device}): it hands out every segment's "
+                "output, which a replayed CUDA graph would overwrite; fast.fast_stream is the graph stream, or pass "
+                "step=pick_step(model).step")
     if attention_mask is not None:
-        return "an attention_mask was given (the lean step has no padding)"
+        return "an attention_mask was given (neither the lean step nor a CUDA graph takes a padding mask)"
     if model._slot.kernels is not EAGER_KERNELS:
         return "custom memory kernels are active (model.memory_kernels)"
     if _user_forward_hooks(model.backbone):
-        return "PyTorch forward hooks are registered on backbone modules (the lean step does not call them)"
+        return ("PyTorch forward hooks are registered on backbone modules (neither the lean step nor a replayed "
+                "graph calls them)")
     return None
 
 
@@ -210,17 +220,49 @@ def _fingerprint(model: ARMTModel) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
-def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, build: bool = True) -> StepChoice:
-    """The step `forward` (grad=True: the caller's grad mode) or `stream` (its `grad`) runs when none is given:
-    `pick_step`'s choice where it is exact for the call, else the HF step (see the module docstring). The lean
-    step is cached per model and rebuilt when a parameter was replaced or edited in place (it packs copies)."""
-    reason = _default_why_not(model, attention_mask)
+# model(ids) on CUDA: a graph pays for its capture (two graphs, each two warm-up runs and one captured run: about
+# six eager steps) only over enough segments; a cached graph for the same call is free
+GRAPH_MIN_SEGMENTS = 8
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (call key, GraphedStepper)
+_EMULATE_GRAPH = False  # tests: take the CUDA-graph default on a CPU model, emulated (fast.GraphedStepper(emulate=True))
+
+
+def clear_cache(model: ARMTModel | None = None) -> None:
+    """Drop the cached default steps (the lean step's packed weights, the CUDA graph's static buffers and graphs)
+    of `model`, or of every model: frees their memory; the next call rebuilds what it needs."""
+    for cache in (_CACHE, _GRAPHS):
+        if model is None:
+            cache.clear()
+        else:
+            cache.pop(model, None)
+
+
+def _graph_key(model: ARMTModel, batch: int) -> tuple:
+    dev = model.memory.device.type
+    amp = torch.is_autocast_enabled(dev) if dev == "cuda" else False
+    return (batch, amp, torch.get_autocast_dtype(dev) if amp else None, torch.is_inference_mode_enabled(),
+            _fingerprint(model))
+
+
+def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, build: bool = True,
+                 input_ids: Tensor | None = None, purpose: str = "forward") -> StepChoice:
+    """The step `forward` (purpose "forward", grad=True: the caller's grad mode) or `stream` (purpose "stream",
+    its `grad`) runs when none is given: `pick_step`'s choice where it is exact for the call, else the HF step (see
+    the module docstring). input_ids: the call's input (forward), for the batch size and the number of segments a
+    graph would replay. The lean step and the CUDA graph are cached per model and rebuilt when a parameter was
+    replaced or edited in place (they hold copies or addresses of the weights)."""
+    reason = _default_why_not(model, attention_mask, purpose)
     if reason is not None:
         return StepChoice(HFStep(model) if build else None, f"the HF step: {reason}")
-    # the one decision (on the CPU: the lean step or the HF step); autograd counts only where it would record
-    choice = pick_step(model, grad=grad and needs_grad(model), build=False)
+    emulate = _EMULATE_GRAPH and model.memory.device.type == "cpu"
+    batch = int(input_ids.shape[0]) if input_ids is not None and input_ids.ndim == 2 else 1
+    # the one decision (the lean step, a CUDA graph or the HF step); autograd counts only where it would record
+    choice = pick_step(model, grad=grad and needs_grad(model), build=False, batch=batch,
+                       **({"emulate": True} if emulate else {}))
     if choice.reason.startswith("the HF step"):
         return StepChoice(HFStep(model) if build else None, choice.reason)
+    if choice.reason.startswith(("the CUDA-graph step", "the emulated CUDA-graph step")):
+        return _graph_default(model, choice, batch, input_ids, build, emulate)
     if not build:
         return choice
     fp = _fingerprint(model)
@@ -230,3 +272,28 @@ def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, bu
 
         hit = _CACHE[model] = (fp, LeanStep(model))
     return StepChoice(hit[1], choice.reason)
+
+
+def _graph_default(model: ARMTModel, choice: StepChoice, batch: int, input_ids, build: bool, emulate: bool):
+    """`model(ids)`'s CUDA graph, cached per call key, when it pays for its capture (see GRAPH_MIN_SEGMENTS)."""
+    key = _graph_key(model, batch)
+    hit = _GRAPHS.get(model)
+    cached = hit is not None and hit[0] == key
+    full = None if input_ids is None else int(input_ids.shape[-1]) // model.config.segment_size
+    if not cached and full is not None and full < GRAPH_MIN_SEGMENTS:
+        return StepChoice(HFStep(model) if build else None,
+                          f"the HF step: {full} full segment(s), and no CUDA graph is cached for this call (batch "
+                          f"{batch}, autocast/inference mode, weights): capturing one costs about six eager steps, so "
+                          f"model(ids) replays a graph from {GRAPH_MIN_SEGMENTS} full segments on, or once one is cached")
+    why = (f"{choice.reason} (cached per model for batch {batch}, this autocast/inference mode and these weights; "
+           f"model(ids) copies each segment's logits out of its static buffers"
+           + ("; replayed from the cache)" if cached else
+              f"; captured for inputs of {GRAPH_MIN_SEGMENTS} or more full segments)"))
+    if not build:
+        return StepChoice(None, why)
+    if not cached:
+        from .fast import GraphedStepper
+
+        _GRAPHS.pop(model, None)  # free the old graph's buffers before capturing the new one
+        hit = _GRAPHS[model] = (key, GraphedStepper(model, batch, emulate=emulate))
+    return StepChoice(hit[1], why)

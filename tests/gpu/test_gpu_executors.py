@@ -130,3 +130,50 @@ def test_recordings_the_graph_cannot_take_run_an_eager_step(model, level, probes
     kw = dict(level=level, probes=probes, keyframe_every=2, progress=False)
     _assert_traces_close(f"level={level} probes={bool(probes)}", av.record(model, ids, fast=False, **kw),
                          av.record(model, ids, fast=True, **kw), "exact")
+
+
+def test_the_cached_weights_digest_follows_every_edit(model):
+    """On CUDA the digest is kept between calls; an in-place edit, one through .data (no version bump) and a
+    replaced parameter each give the digest of the edited weights."""
+    from armt_viz.record.guard import weights_sha256
+    from armt_viz.testing import plain_weights_digest as _plain_digest
+
+    d0 = weights_sha256(model)
+    assert d0 == _plain_digest(model) and weights_sha256(model) == d0
+    p = next(model.parameters())
+    with torch.no_grad():
+        p.view(-1)[0] += 0.25
+    assert weights_sha256(model) == _plain_digest(model) != d0
+    d1 = weights_sha256(model)
+    p.data.view(-1)[1].mul_(3.0)  # .data: the version counter does not move
+    assert weights_sha256(model) == _plain_digest(model) != d1
+    b = model.blocks[0].W_mv
+    b.weight = torch.nn.Parameter(b.weight.detach().clone() * 2)
+    assert weights_sha256(model) == _plain_digest(model)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_model_ids_on_cuda_replays_a_cached_graph_equal_to_the_hf_step(model, amp):
+    """The default of `model(ids)` on CUDA (steps.default_step): a CUDA graph from GRAPH_MIN_SEGMENTS full segments
+    on, cached per batch and autocast mode; logits and final state copied out, equal to the HF step."""
+    from armt_viz.model import steps
+
+    steps.clear_cache(model)
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, steps.GRAPH_MIN_SEGMENTS * S + 5), device="cuda")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cuda", enabled=False)
+    with torch.no_grad(), ctx:
+        why = model.explain_executor(input_ids=ids)
+        got = model(ids)
+        again = model(ids[:, : 2 * S])  # short, but the cached graph replays
+        with steps.hf_step(model):
+            want = model(ids)
+            want_short = model(ids[:, : 2 * S])
+    assert why.startswith("the CUDA-graph step"), why
+    assert steps._GRAPHS[model][0][1] == amp
+    tol = "bf16" if amp else "fp32_reorder"
+    assert_close(f"model(ids) graph default amp={amp}", want.logits.float(), got.logits.float(), tol)
+    assert_close(f"model(ids) short from the cache amp={amp}", want_short.logits.float(), again.logits.float(), tol)
+    for a, b in zip(want.state.assoc, got.state.assoc):
+        assert_close(f"final memory amp={amp}", a, b, tol)
+    steps.clear_cache(model)
