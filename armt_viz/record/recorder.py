@@ -153,10 +153,13 @@ def record(model: ARMTModel, inputs, store=None, level: str = "summary", keyfram
         raise ValueError(f"record: fast must be True, False or 'compile', got {fast!r}")
     if keyframe_every == "auto":
         keyframe_every = auto_keyframe_every(model)
+    inp = _peek_batch(_as_input(inputs, ledger))
+    batch = inp.batch or 1
+    if level in LEVEL_RANK and storage_dtype in _NP_DTYPES:
+        _check_chunking(model, level, storage_dtype, batch, chunk_segments)
     rc = RecordConfig(level=level, keyframe_every=keyframe_every,
-                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype),
+                      chunk_segments=chunk_segments or _auto_chunk(model, level, storage_dtype, batch),
                       storage_dtype=storage_dtype, spectrum_rank=spectrum_rank)
-    inp = _as_input(inputs, ledger)
     if inp.total_tokens:  # a run past the model's declared range (task.json "trained_range") is flagged
         warn_if_beyond(model, inp.total_tokens // model.config.segment_size)
     if inp.ledger is not None and "segment_size" in inp.ledger.attrs \
@@ -205,9 +208,49 @@ def auto_keyframe_every(model: ARMTModel) -> int:
     return int(min(2048, 2 ** math.ceil(math.log2(per_token / 16))))
 
 
-def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
-    """Segments per chunk/commit: about 4 MB of per-segment data per chunk, and at least the size of the
-    resume state saved with each commit, between 16 and 512 segments.
+def _largest_segment_bytes(model: ARMTModel, level: str, storage_dtype: str, batch: int) -> int:
+    """Decompressed bytes of one segment of the largest per-segment variable at `level`, for `batch` samples."""
+    cfg, L, d = model.config, model.n_layers, model.d_model
+    item = 2 if storage_dtype != "float32" else 4
+    big = 4 * cfg.segment_size  # tokens
+    if level in ("writes", "full"):
+        big = max(big, item * L * cfg.num_mem_tokens * d)  # write_delta
+    if level == "full":
+        big = max(big, 4 * L * cfg.d_key * d)  # assoc_matrix
+    return big * max(int(batch), 1)
+
+
+def _chunk_cap(model: ARMTModel, level: str, storage_dtype: str, batch: int) -> int:
+    """Most segments per chunk whose largest chunk stays within half the reader's max_chunk_bytes (a store the
+    reader refuses to open must never be written)."""
+    from ..trace.confine import TraceLimits
+
+    return max(1, TraceLimits().max_chunk_bytes // 2 // _largest_segment_bytes(model, level, storage_dtype, batch))
+
+
+def _check_chunking(model: ARMTModel, level: str, storage_dtype: str, batch: int, chunk_segments) -> None:
+    """Refuse, before anything is written, a recording whose chunks the reader would refuse to open."""
+    from ..trace.confine import TraceLimits
+
+    one = _largest_segment_bytes(model, level, storage_dtype, batch)
+    limit = TraceLimits().max_chunk_bytes
+    if one > limit:
+        raise ValueError(f"record: one segment of {batch} samples at level {level!r} is {one:,} bytes, more than a "
+                         f"trace may hold per chunk ({limit:,}); expected fewer samples per call: record the streams in "
+                         f"batches of at most {max(1, batch * limit // one)} samples, or use a lower level or "
+                         "storage_dtype='bfloat16'")
+    cap = _chunk_cap(model, level, storage_dtype, batch)
+    if chunk_segments is not None and int(chunk_segments) > cap:
+        raise ValueError(f"record: chunk_segments={chunk_segments} makes chunks of {int(chunk_segments) * one:,} bytes "
+                         f"at level {level!r} with {batch} sample(s), more than a trace may hold per chunk; expected at "
+                         f"most {cap} segments per chunk; pass chunk_segments<={cap} or leave it out (automatic)")
+
+
+def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str, batch: int = 1) -> int:
+    """Segments per chunk/commit: about 4 MB of per-segment data per chunk (all `batch` samples), and at least the
+    size of the resume state saved with each commit, between 16 and 512 segments; fewer where the largest chunk
+    would pass the reader's limit (`_chunk_cap`: e.g. 32 streams of GPT-2 write events at 64 segments made
+    755 MB chunks, which open_trace refuses).
 
     Bigger chunks amortise zarr's per-append cost; smaller ones lose less on a crash."""
     cfg, L, d = model.config, model.n_layers, model.d_model
@@ -217,10 +260,27 @@ def _auto_chunk(model: ARMTModel, level: str, storage_dtype: str) -> int:
         b += L * cfg.num_mem_tokens * (item * (cfg.d_mem + d) + 12)
     if level == "full":
         b += L * (4 * cfg.d_key * (d + 1) + item * cfg.num_mem_tokens * d)
+    b *= max(int(batch), 1)
     n = 2 ** int(np.log2(max(int(4e6 // max(b, 1)), 1)))
     # each commit also saves the memory state for resume: keep that below the chunk's own data
-    n = max(n, 2 ** math.ceil(math.log2(max(_keyframe_bytes(model) / b, 1))))
-    return int(min(512, max(16, n)))
+    n = max(n, 2 ** math.ceil(math.log2(max(batch * _keyframe_bytes(model) / b, 1))))
+    n = min(512, max(16, n))
+    cap = _chunk_cap(model, level, storage_dtype, batch)
+    return int(min(n, 2 ** int(math.log2(cap))))
+
+
+def _peek_batch(inp: RecordInput) -> RecordInput:
+    """Fill in the batch size of a stream input from its first chunk (put back)."""
+    if inp.batch is not None:
+        return inp
+    it = iter(inp.chunks)
+    first = next(it, None)
+    if first is None:
+        return inp
+    c = torch.as_tensor(first)
+    inp.batch = int(c.shape[0]) if c.ndim == 2 else 1
+    inp.chunks = itertools.chain([first], it)
+    return inp
 
 
 class _Recording:

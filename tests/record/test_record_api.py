@@ -10,6 +10,9 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+import torch
+
 import armt_viz as av
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +74,36 @@ def test_probe_keys_is_the_function_with_its_signature_and_docstring():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("level", ["summary", "writes", "full"])
+@pytest.mark.parametrize("batch", [1, 32, 4096, 10 ** 6])
+def test_automatic_chunks_stay_within_what_the_reader_opens(level, batch):
+    """32 GPT-2 streams at level writes once made 755 MB chunks, which open_trace refused (max_chunk_bytes)."""
+    from armt_viz.record.recorder import _auto_chunk, _check_chunking, _largest_segment_bytes
+    from armt_viz.testing import tiny_model
+    from armt_viz.trace.confine import TraceLimits
+
+    m = tiny_model(d_mem=16, num_mem_tokens=10)
+    for storage in ("float32", "bfloat16"):
+        if _largest_segment_bytes(m, level, storage, batch) > TraceLimits().max_chunk_bytes:
+            with pytest.raises(ValueError, match="expected fewer samples per call"):
+                _check_chunking(m, level, storage, batch, None)
+            continue
+        _check_chunking(m, level, storage, batch, None)
+        n = _auto_chunk(m, level, storage, batch)
+        assert 1 <= n <= 512
+        assert n * _largest_segment_bytes(m, level, storage, batch) <= TraceLimits().max_chunk_bytes, (level, batch, n)
+        if batch == 1:
+            assert n >= 16
+
+
+def test_chunk_segments_past_the_readers_limit_is_refused_before_anything_is_written(tmp_path):
+    import armt_viz as av
+    from armt_viz.testing import tiny_model
+
+    m = tiny_model()
+    with pytest.raises(ValueError, match=r"chunk_segments=100000000 .* expected at most \d+ segments per chunk"):
+        av.record(m, torch.randint(0, 32, (2, 64)), store=tmp_path / "t.zarr", chunk_segments=10 ** 8,
+                  progress=False)
+    assert not (tmp_path / "t.zarr").exists()
