@@ -106,3 +106,27 @@ def test_stream_and_masks_and_hooks_keep_the_hf_step(model):
         assert "forward hooks" in model.explain_executor(input_ids=ids)
     finally:
         h.remove()
+
+
+def test_ablation_and_a_swapped_config_recapture(model):
+    """A capture bakes in whether reads are ablated and the segment size (evaluate swaps the config per task):
+    neither may replay a graph captured without it."""
+    import dataclasses
+
+    from armt_viz.evaluate import _segment_size
+
+    ids = _ids(1, 8)
+    with torch.no_grad():
+        model(ids)
+        with model.ablate_memory():
+            got = model(ids)
+            with steps.hf_step(model):
+                want = model(ids)
+        assert_close("ablated reads, graph default vs HF", want.logits, got.logits, "fp32_reorder")
+        assert_close("reads back on", _hf(model, ids).logits, model(ids).logits, "fp32_reorder")
+        with _segment_size(model, 12):
+            ids12 = torch.randint(0, 32, (1, 12 * 9))
+            got = model(ids12)
+            assert steps._GRAPHS[model][1].ids.shape[1] == 12
+            assert_close("segment size 12", _hf(model, ids12).logits, got.logits, "fp32_reorder")
+    assert dataclasses.is_dataclass(model.config)
