@@ -192,6 +192,10 @@ def _walk(root: str, limits: TraceLimits, label: str) -> set[str]:
         rel_dir, real_dir = stack.pop()
         try:
             entries = list(os.scandir(real_dir))
+        except FileNotFoundError:
+            if rel_dir:  # a sub-folder removed while we walked (a writer replacing its resume state): gone
+                continue
+            raise _refuse(label, ".", "cannot be listed (it no longer exists)") from None
         except OSError as exc:
             raise _refuse(label, rel_dir or ".", f"cannot be listed ({exc.strerror})") from None
         for e in entries:
@@ -208,6 +212,12 @@ def _walk(root: str, limits: TraceLimits, label: str) -> set[str]:
                 path = target
             try:
                 st = os.stat(path)
+            except FileNotFoundError:
+                if path == e.path:
+                    # listed, then gone: a live writer's temporary file renamed into place (zarr writes
+                    # `<chunk>.<uuid>.partial` and renames it) or a file replaced; nothing is there to read
+                    continue
+                raise _refuse(label, rel, "is a symlink whose target vanished") from None
             except OSError as exc:
                 raise _refuse(label, rel, f"cannot be read ({exc.strerror})") from None
             if stat.S_ISDIR(st.st_mode):
