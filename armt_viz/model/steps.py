@@ -278,6 +278,10 @@ def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, bu
 
 def _graph_default(model: ARMTModel, choice: StepChoice, batch: int, input_ids, build: bool, emulate: bool):
     """`model(ids)`'s CUDA graph, cached per call key, when it pays for its capture (see GRAPH_MIN_SEGMENTS)."""
+    if torch.is_inference_mode_enabled():
+        return StepChoice(HFStep(model) if build else None,
+                          "the HF step: torch.inference_mode is on; model(ids) replays a CUDA graph under torch.no_grad() "
+                          "only (a capture inside inference mode is not verified on a GPU)")
     key = _graph_key(model, batch)
     hit = _GRAPHS.get(model)
     cached = hit is not None and hit[0] == key

@@ -130,3 +130,12 @@ def test_ablation_and_a_swapped_config_recapture(model):
             assert steps._GRAPHS[model][1].ids.shape[1] == 12
             assert_close("segment size 12", _hf(model, ids12).logits, got.logits, "fp32_reorder")
     assert dataclasses.is_dataclass(model.config)
+
+
+def test_inference_mode_keeps_the_hf_step(model):
+    ids = _ids(1, 8)
+    with torch.inference_mode():
+        assert model.explain_executor(input_ids=ids).startswith("the HF step: torch.inference_mode is on")
+        out = model(ids)
+    assert model not in steps._GRAPHS
+    assert_close("inference mode, HF step", _hf(model, ids).logits, out.logits, "exact")
