@@ -514,7 +514,10 @@ class ARMTModel(nn.Module):
         mask = self._check_mask(attention_mask, ids)
         segments = self._split(ids, mask)
         state = self.init_state(ids.shape[0], ids.device)
-        for out in self.run_segments(segments[:-1], state, grad=False):
+        # the written segments through the default step (the lean step on the CPU, where exact); purpose "stream":
+        # each segment's state is taken as it comes, and on CUDA the HF step runs (as for model.stream)
+        step = self._default_step(mask, grad=False, purpose="stream")
+        for out in self.run_segments(segments[:-1], state, grad=False, step=step):
             state = out.state
         last, last_mask = segments[-1]
         if last_mask is None:

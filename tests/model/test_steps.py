@@ -83,3 +83,25 @@ def test_pick_step_without_graphs_for_hook_observers():
     m = tiny_model()
     choice = pick_step(m, emulate=True, graph=False)
     assert isinstance(choice.step, LeanStep) and "hooks" in choice.reason
+
+
+def test_generate_writes_its_segments_with_the_default_step_and_matches_the_hf_step():
+    """generate's written segments run the default step (the lean step on the CPU); the tokens it generates equal
+    those of the HF step's run, and the memory it reads equals it within float32 reordering."""
+    import armt_viz.model.lean as lean_mod
+    from armt_viz.model import steps as steps_mod
+    from armt_viz.testing import tiny_model
+
+    m = tiny_model(seed=5).eval()
+    ids = torch.randint(2, 32, (2, 16 * 5 + 7))
+    calls = []
+    real = lean_mod.LeanStep.__call__
+    lean_mod.LeanStep.__call__ = lambda self, *a, **k: calls.append(1) or real(self, *a, **k)
+    try:
+        got = m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    finally:
+        lean_mod.LeanStep.__call__ = real
+    with steps_mod.hf_step(m):
+        want = m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert len(calls) == 5  # the five full segments before the last (partial) one
+    assert torch.equal(got, want)
