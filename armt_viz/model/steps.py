@@ -24,12 +24,14 @@ its own pipeline, not a step of the loop.
 `default_step(model, mask, grad)` is what `model(ids)` (`forward`) and `model.stream(...)` run when no step is
 given: `pick_step`'s choice (the one decision whether the lean step or the CUDA graph can run: eval mode, no
 autograd needed, float32 or autocast, ...) unless the call needs what only the HF step does (a padding mask, PyTorch
-forward hooks on the backbone, custom memory kernels). On the CPU that is the lean step. On CUDA `model(ids)`
-replays a CUDA graph (`fast.GraphedStepper`, cached per model, batch size and autocast/inference mode, rebuilt when
-a parameter changes) when the input has at least `GRAPH_MIN_SEGMENTS` full segments or a graph for the call is
-cached: capturing the two graphs costs about six eager steps. `forward` copies each replayed segment's logits out of
-the graph's static buffers. `model.stream` stays on the HF step on CUDA: it hands out every segment's output, which
-a replay would overwrite (`fast.fast_stream` is the graph stream with that contract). ``ARMT_VIZ_FORWARD=hf`` forces
+forward hooks on the backbone, custom memory kernels). On the CPU that is the lean step. On CUDA `model(ids)` under
+torch.no_grad() replays a CUDA graph (`fast.GraphedStepper`, cached per model for one batch size, autocast mode,
+config, read ablation and set of weights; recaptured when any of them changes) when the input has at least
+`GRAPH_MIN_SEGMENTS` full segments or a graph for the call is cached: capturing the two graphs costs about six eager
+steps. `forward` copies each replayed segment's logits, and the final state, out of the graph's static buffers.
+`model.stream` and `generate` (purpose "stream") stay on the HF step on CUDA: a stream hands out every segment's
+output, which a replay would overwrite (`fast.fast_stream` is the graph stream with that contract).
+`clear_cache(model)` frees the cached steps. ``ARMT_VIZ_FORWARD=hf`` forces
 the HF step, and so does `with hf_step(model):` (tests' references). `ARMTModel.explain_executor` gives the reason.
 """
 
