@@ -105,3 +105,26 @@ def test_generate_writes_its_segments_with_the_default_step_and_matches_the_hf_s
         want = m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert len(calls) == 5  # the five full segments before the last (partial) one
     assert torch.equal(got, want)
+
+
+def test_the_cached_lean_step_follows_a_swapped_config_and_read_ablation():
+    """The lean step is cached on the weights alone; it reads the segment size and the ablation flag per call, so
+    `evaluate`'s per-task segment size and `ablate_memory()` must still give the HF step's logits."""
+    from armt_viz.evaluate import _segment_size
+    from armt_viz.testing import assert_close
+
+    m = tiny_model(seed=6).eval()
+    with torch.no_grad():
+        m(torch.randint(0, 32, (2, 16 * 3)))  # builds and caches the lean step at segment size 16
+        ids = torch.randint(0, 32, (2, 12 * 5 + 3))
+        with _segment_size(m, 12):
+            assert m.explain_executor().startswith("the lean CPU step")
+            got = m(ids).logits
+            with hf_step(m):
+                want = m(ids).logits
+            assert_close("lean step at a swapped segment size", want, got)
+            with m.ablate_memory():
+                got = m(ids).logits
+                with hf_step(m):
+                    want = m(ids).logits
+            assert_close("lean step with reads ablated", want, got)
