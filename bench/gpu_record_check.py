@@ -130,7 +130,7 @@ def growth(m, x, S):
             seg = x[:, s * S:(s + 1) * S]
             st = states[s]
             if st is not None:
-                st = type(st)(tuple(a.clone() for a in st.assoc), tuple(z.clone() for z in st.normalizer), st.segments)
+                st = st.clone()
             e = m.step(seg, st, explicit_mask=False).logits.float()
             with m.memory_kernels(compiled_kernels()):
                 f = m.step(seg, st, explicit_mask=False).logits.float()

@@ -67,6 +67,10 @@ class MemoryState:
     def detach(self) -> "MemoryState":
         return MemoryState(tuple(a.detach() for a in self.assoc), tuple(z.detach() for z in self.normalizer), self.segments)
 
+    def clone(self) -> "MemoryState":
+        """A copy that owns its tensors (e.g. of a CUDA graph's static buffers, which the next replay overwrites)."""
+        return MemoryState(tuple(a.clone() for a in self.assoc), tuple(z.clone() for z in self.normalizer), self.segments)
+
     def to(self, device) -> "MemoryState":
         return MemoryState(tuple(a.to(device) for a in self.assoc), tuple(z.to(device) for z in self.normalizer), self.segments)
 
@@ -483,8 +487,7 @@ class ARMTModel(nn.Module):
             logits.append(out.logits.clone() if static else out.logits)
             last = out.state
         if static and last is not None:
-            last = MemoryState(tuple(a.clone() for a in last.assoc), tuple(z.clone() for z in last.normalizer),
-                               last.segments)
+            last = last.clone()
         logits_t = torch.cat(logits, dim=1)
         loss = None
         if labels is not None:

@@ -410,7 +410,8 @@ class _Recording:
         step) are copied out asynchronously and unpacked on the writer thread."""
         probes, self._probe_buf = self._probe_buf, []
         host_rows = self.graph_rows.handover(rows) if self.graph_rows is not None else (lambda: rows)
-        self.flusher.submit(self._flush, host_rows, kf_rows, _snapshot(state), probes)
+        # the writer thread gets its own copy of the state (a graph step's state is its static buffers)
+        self.flusher.submit(self._flush, host_rows, kf_rows, state.clone(), probes)
 
     # ------------------------------------------------------------------ per segment
     def _segment_row(self, out, prev: MemoryState, cap: Capture, seg: int) -> dict:
@@ -588,11 +589,6 @@ class _Recording:
                     continue
                 w.write_static(f"ledger_{name}", tuple(v.dims), vals)
             w.group.attrs["ledger_attrs"] = json.dumps({k: str(v) for k, v in self.inp.ledger.attrs.items()})
-
-
-def _snapshot(state: MemoryState) -> MemoryState:
-    """A copy of `state` for the writer thread (a graph step's state is its static buffers)."""
-    return MemoryState(tuple(a.clone() for a in state.assoc), tuple(z.clone() for z in state.normalizer), state.segments)
 
 
 def _device_blocks(chunks, block_tokens: int, device):
