@@ -29,6 +29,7 @@ __all__ = ["GraphedStepper", "fast_stream", "pack"]
 
 class GraphedStepper:
     static_outputs = True  # each replay overwrites the outputs (logits, state) it returned before
+
     def __init__(self, model: ARMTModel, batch_size: int = 1, extra=None, capture=(True, False),
                  compile_memory: bool = False, emulate: bool = False, hooks: dict | None = None):
         """extra(out, stepper, first) -> dict of float32 tensors computed inside the graph after the step

@@ -242,10 +242,11 @@ def clear_cache(model: ARMTModel | None = None) -> None:
 def _graph_key(model: ARMTModel, batch: int) -> tuple:
     dev = model.memory.device.type
     amp = torch.is_autocast_enabled(dev) if dev == "cuda" else False
-    # everything a capture bakes in: the batch, autocast and inference mode, the weights' addresses, the config
-    # (segment size: evaluate swaps it per task) and whether reads are ablated (`model.ablate_memory()`)
-    return (batch, amp, torch.get_autocast_dtype(dev) if amp else None, torch.is_inference_mode_enabled(),
-            _fingerprint(model), repr(model.config), model._slot.ablate_read)
+    # everything a capture bakes in: the batch, autocast, the weights' addresses, the config (segment size:
+    # evaluate swaps it per task) and whether reads are ablated (`model.ablate_memory()`); never inference mode,
+    # under which `_graph_default` runs the HF step
+    return (batch, amp, torch.get_autocast_dtype(dev) if amp else None, _fingerprint(model), repr(model.config),
+            model._slot.ablate_read)
 
 
 def default_step(model: ARMTModel, attention_mask=None, grad: bool = True, *, build: bool = True,
@@ -291,9 +292,9 @@ def _graph_default(model: ARMTModel, choice: StepChoice, batch: int, input_ids, 
     if not cached and full is not None and full < GRAPH_MIN_SEGMENTS:
         return StepChoice(HFStep(model) if build else None,
                           f"the HF step: {full} full segment(s), and no CUDA graph is cached for this call (batch "
-                          f"{batch}, autocast/inference mode, weights, config, ablation): capturing one costs about six eager steps, so "
+                          f"{batch}, autocast mode, weights, config, ablation): capturing one costs about six eager steps, so "
                           f"model(ids) replays a graph from {GRAPH_MIN_SEGMENTS} full segments on, or once one is cached")
-    why = (f"{choice.reason} (cached per model for batch {batch}, this autocast/inference mode, weights, config and "
+    why = (f"{choice.reason} (cached per model for batch {batch}, this autocast mode, weights, config and "
            f"ablation; "
            f"model(ids) copies each segment's logits out of its static buffers"
            + ("; replayed from the cache)" if cached else

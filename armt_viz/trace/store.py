@@ -257,7 +257,7 @@ class TraceWriter:
                 chunks.append(max(1, min(int(s), 8192)))
             else:
                 chunks.append(max(int(s), 1))
-        chunks = _split_layers(dims, chunks, np.dtype(dtype).itemsize if np.dtype(dtype).kind not in "OUS" else 1)
+        chunks = _split_layers(dims, chunks, _itemsize(dtype))
         attrs = {"long_name": var.long_name, "units": var.units} if var else {}
         if fill is None:
             fill = np.nan if np.dtype(dtype).kind == "f" else (-1 if np.dtype(dtype).kind == "i" else 0)
@@ -358,6 +358,11 @@ class TraceWriter:
 _SPLIT_CHUNK_BYTES = 8 * 2 ** 20
 
 
+def _itemsize(dtype) -> int:
+    """Bytes per element as blosc and the chunk sizes count them (strings and objects: 1)."""
+    return np.dtype(dtype).itemsize if np.dtype(dtype).kind not in "OUS" else 1
+
+
 def _split_layers(dims, chunks: list[int], item: int) -> list[int]:
     """A chunk over _SPLIT_CHUNK_BYTES (decompressed) is cut along its layer axis into pieces of about a quarter of
     that: zarr compresses the chunks of one write on several threads, where one big chunk is compressed by one.
@@ -383,5 +388,5 @@ def _compressor(dtype):
     writes recording's bottleneck (2.6 s of its writer thread's 3.3 s at 262k tokens on an H100); level 3
     runs 160 MB/s and stores ~5 % more (ratio 1.36 instead of 1.43)."""
     from zarr.codecs import BloscCodec
-    item = np.dtype(dtype).itemsize if np.dtype(dtype).kind not in "OUS" else 1
+    item = _itemsize(dtype)
     return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if item > 1 else "noshuffle", typesize=item)
