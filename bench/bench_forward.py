@@ -106,10 +106,7 @@ def measure(a, c, device, m, official=None):
     with torch.no_grad():
         t_ref = timeit(run_ref, sync)
         if official is not None:
-            t_off = tr_off = float("inf")
-            for _ in range(3):
-                tr_off = min(tr_off, timeit(run_ref, sync, reps=1, warm=False))
-                t_off = min(t_off, official.time())
+            t_off, tr_off = official.paired(run_ref, sync)
             off_per_ref[0] = t_off / tr_off
             print(f"  the official code ({a.official}; transformers {official.versions['transformers']}, "
                   f"torch {official.versions['torch']}): {n / t_off:.0f} tok/s; reference / official speed "

@@ -96,13 +96,9 @@ def official_per_ref(a, c, m, x, dtype) -> float:
                            vocab=c["vocab"], S=c["S"], M=c["M"], d_mem=c["d_mem"], tokens=n, threads=1,
                            device="cuda", dtype=dtype)
     ref = official_order_reference(m)
-    t_off = t_ref = float("inf")
     try:
-        for _ in range(3):
-            with torch.no_grad():
-                torch.cuda.synchronize(); t = time.perf_counter(); ref(x[:, :n]); torch.cuda.synchronize()
-            t_ref = min(t_ref, time.perf_counter() - t)
-            t_off = min(t_off, proc.time())
+        with torch.no_grad():
+            t_off, t_ref = proc.paired(lambda: ref(x[:, :n]), torch.cuda.synchronize)
     finally:
         proc.close()
     print(f"[{dtype}] the official code ({a.official}; transformers {proc.versions['transformers']}, torch "

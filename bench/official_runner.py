@@ -152,6 +152,21 @@ class OfficialProcess:
             raise ValueError(f"the official runner answered {reply}")
         return float(reply["seconds"])
 
+    def paired(self, run_ref, sync, reps: int = 3) -> tuple[float, float]:
+        """(best official time, best reference time) over `reps` alternations of one official forward and one
+        `run_ref()` (followed by `sync()`), so that load changes during the run hit both sides alike."""
+        import time
+
+        t_off = t_ref = float("inf")
+        for _ in range(reps):
+            sync()
+            t = time.perf_counter()
+            run_ref()
+            sync()
+            t_ref = min(t_ref, time.perf_counter() - t)
+            t_off = min(t_off, self.time())
+        return t_off, t_ref
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
