@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["tiny_model", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference",
+__all__ = ["tiny_model", "hard_floats", "free_port", "stable_seed", "assert_close", "TOLERANCES", "official_order_reference",
            "plain_weights_digest"]
 
 
@@ -74,6 +74,9 @@ TOLERANCES = {
     "fp32_reorder": (1e-5, 1e-6),  # the same math in another summation order, float32 (lean, diagonal, compiled)
     "fp32_chain": (1e-4, 1e-6),  # float32 reorderings compounded over many segments of a chaotic recurrence
     "bf16": (3e-2, 1e-3),  # bfloat16 weights/autocast against float32
+    # values stored in 16 bits (bfloat16: 8 significant bits) from float32 inputs that differ by a reordering: the
+    # rounding may land one unit in the last stored place apart, at most 2**-7 of the largest value
+    "half_storage": (2.0 ** -6, 1e-6),
 }
 
 
@@ -133,3 +136,20 @@ def plain_weights_digest(model) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def hard_floats(n_random: int = 4096) -> "torch.Tensor":
+    """float32 values where rounding to 16 bits is easy to get wrong: ties (even and odd), the largest values that
+    round up to infinity, subnormals of both formats, signed zeros, infinities, plus random bit patterns. NaN is
+    left out (its payload is free, so a test checks it apart)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (n_random,), generator=g, dtype=torch.int64)
+    special = [0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x00000001,
+               0x00008000, 0x00018000, 0x807FFFFF, 0x00000000, 0x80000000, 0x7F800000, 0xFF800000,
+               0x477FF000, 0x477FEFFF, 0x33800000, 0x33800001, 0x387FE000]  # 0x477FF000: float16 max+half ulp
+    allbits = torch.cat([bits, torch.tensor(special, dtype=torch.int64)])
+    allbits = torch.where(allbits >= 2 ** 31, allbits - 2 ** 32, allbits).to(torch.int32)
+    x = allbits.view(torch.float32)
+    return x[~torch.isnan(x)]  # NaN: checked apart (its payload is free)

@@ -395,7 +395,7 @@ class _Recording:
             if first is None:
                 return None, []
             self.graph_rows = GraphRows(model, first.shape[0], level_rank=self.rank,
-                                        chunk_segments=self.rc.chunk_segments, storage_dtype=self.sdtype,
+                                        chunk_segments=self.rc.chunk_segments, storage_dtype=self.rc.storage_dtype,
                                         compile_memory=self.fast == "compile", emulate=_EMULATE_GRAPH)
             _log.info("record: the CUDA-graph step with in-graph statistics%s",
                       " (emulated)" if _EMULATE_GRAPH else "")
@@ -537,10 +537,13 @@ class _Recording:
                 if spec.append_dim != "segment" or name not in rows[0]:
                     continue
                 ax = spec.dims.index("segment")
-                arr = np.stack([np.asarray(r[name]) for r in rows], axis=ax)
+                vals = [np.asarray(r[name]) for r in rows]
                 if spec.dtype == "storage" and self.rc.storage_dtype == "bfloat16":
-                    arr = bf16_encode(arr)
+                    # the graph path's rows come encoded on the device (uint16 bits); an eager row (a partial
+                    # last segment) is encoded here, row by row, before rows of both kinds are stacked
+                    vals = [v if v.dtype == np.uint16 else bf16_encode(v) for v in vals]
                     bf16.append(name)
+                arr = np.stack(vals, axis=ax)
                 data[name] = (spec.dims, arr)
             w.append("segment", data)
             for name in bf16:

@@ -10,7 +10,7 @@ import torch
 import armt_viz as av
 from armt_viz.model.diagonal import diagonal_stream
 from armt_viz.model.fast import GraphedStepper, fast_stream
-from armt_viz.testing import assert_close, tiny_model
+from armt_viz.testing import assert_close, hard_floats, tiny_model
 
 
 def _assert_traces_close(name, ref, got, tol="fp32_reorder"):
@@ -35,6 +35,33 @@ def test_graph_recorder_equals_the_eager_recorder(model, level, fast):
     eager = av.record(model, ids, fast=False, **kw)
     graphed = av.record(model, ids, fast=fast, **kw)
     _assert_traces_close(f"fast={fast!r} level={level}", eager, graphed)
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16"])
+def test_graph_recorder_rounds_half_storage_on_the_device_like_the_eager_recorder(model, storage):
+    """The graph path rounds the write events to 16 bits on the GPU inside the graph; the eager path on the host."""
+    S = model.config.segment_size
+    ids = torch.randint(0, model.vocab_size, (2, 9 * S + S // 2))
+    kw = dict(level="writes", keyframe_every=3, chunk_segments=4, progress=False, storage_dtype=storage)
+    eager = av.record(model, ids, fast=False, **kw)
+    graphed = av.record(model, ids, **kw)
+    for k in ("write_key", "write_delta"):
+        assert graphed[k].encoding.get("dtype", graphed[k].dtype) == eager[k].encoding.get("dtype", eager[k].dtype)
+        _assert_traces_close(f"{storage} {k}", eager[[k]], graphed[[k]], "half_storage")
+    rest = [k for k in eager.data_vars if k not in ("write_key", "write_delta")]
+    _assert_traces_close(f"{storage} statistics", eager[rest], graphed[rest])
+
+
+def test_rounding_to_16_bits_on_the_gpu_equals_the_host_encoders():
+    from armt_viz.record.fast_record import to_storage
+    from armt_viz.trace.store import bf16_encode
+
+    x = hard_floats(1 << 20)
+    bf = to_storage(x.cuda(), torch.bfloat16).cpu().numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf, bf16_encode(x.numpy()))
+    h = to_storage(x.cuda(), torch.float16).cpu().numpy().view(np.uint16)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(h, x.numpy().astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize("how", ["replay", "initial_state"])
