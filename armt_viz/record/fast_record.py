@@ -89,7 +89,10 @@ class GraphRows:
         self.model, self.rank, self.storage = model, level_rank, storage_dtype
         self.S, M, H = model.config.segment_size, model.config.num_mem_tokens, model.config.n_heads
         caps = {True: Capture(level_rank), False: Capture(level_rank)}
-        self.encoded: dict[str, tuple] = {}  # write events packed as 16-bit patterns: their shapes
+        # write events packed as 16-bit patterns: their shapes. A local the graph's function closes over, never
+        # `self`: a cycle through the stepper would keep its CUDA graphs (tens of GB at batch 32) alive after the
+        # recording, until Python's cycle collector happened to run
+        self.encoded = encoded = {}
 
         def extra(out, stepper, first):  # computed inside the captured graph
             s = segment_statistics(caps[first].data, out, stepper.A, stepper.ids, mem=M, heads=H,
@@ -97,7 +100,7 @@ class GraphRows:
             if _HALF[storage_dtype] is not None:
                 for k in _EVENTS:
                     if k in s:
-                        self.encoded[k] = tuple(s[k].shape)
+                        encoded[k] = tuple(s[k].shape)
                         s[k] = to_storage(s[k], _HALF[storage_dtype])
             s["tokens"] = stepper.ids.float()
             return s

@@ -189,3 +189,31 @@ def test_a_one_token_tail_is_recorded(model, monkeypatch, graph):
     t = av.record(model, ids, progress=False)
     assert t.sizes["segment"] == 3 and int(t["segment_length"][-1]) == 1
     assert np.isnan(t["segment_loss"].values[..., -1]).all() and np.isfinite(t["assoc_norm"].values).all()
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_a_recording_frees_its_graphs_when_it_returns(model, monkeypatch, storage):
+    """Bug: the graph's statistics function closed over its GraphRows, which holds the stepper: a reference cycle,
+    so a recording's CUDA graphs (their private memory pools: ~45 GB for GPT-2 at batch 32) outlived it until
+    Python's cycle collector ran, and the next batch-32 recording ran out of GPU memory (bench_batched, H100)."""
+    import gc
+    import weakref
+
+    from armt_viz.model import fast
+
+    made = []
+    real = fast.GraphedStepper.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append(weakref.ref(self))
+    monkeypatch.setattr(fast.GraphedStepper, "__init__", spy)
+    _graph_path(monkeypatch)
+    ids = torch.randint(0, model.vocab_size, (2, 5 * model.config.segment_size))
+    gc.disable()
+    try:
+        av.record(model, ids, level="writes", storage_dtype=storage, progress=False)
+        assert len(made) == 1
+        assert made[0]() is None, "the graph stepper is still alive after record returned (a reference cycle?)"
+    finally:
+        gc.enable()
