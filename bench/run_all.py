@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
     "forward": ("bench.bench_forward", ["--config", "cpu-tiny", "--tokens", str(16 * 128), "--levels", "summary",
                                         "writes"], [], False),
+    "cpu-floor": ("bench.cpu_floor", ["--tokens", str(16 * 128)], [], False),
     "rss": ("bench.bench_rss", ["--lengths", "20000", "80000", "--mode", "record"], [], False),
     "analysis": ("bench.bench_analysis", ["--segments", "2000", "--long-segments", "0", "--workers", "1"], [], False),
     "gpu-record": ("bench.gpu_record_check", ["--tokens", "16384", "--paths", "eager", "graph"], [], True),
