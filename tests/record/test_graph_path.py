@@ -217,3 +217,27 @@ def test_a_recording_frees_its_graphs_when_it_returns(model, monkeypatch, storag
         assert made[0]() is None, "the graph stepper is still alive after record returned (a reference cycle?)"
     finally:
         gc.enable()
+
+
+def test_half_storage_of_odd_sized_write_events_round_trips_through_the_packed_row(monkeypatch):
+    """3 layers x 3 memory tokens x d_mem 5 (and x d 63) write-event values: odd counts, so the 16-bit patterns
+    are padded to pair up in the float32 row and the host must cut the pad off."""
+    import transformers
+
+    from armt_viz import ARMTConfig, ARMTModel
+
+    torch.manual_seed(0)
+    bb = transformers.AutoModelForCausalLM.from_config(transformers.GPT2Config(
+        n_layer=3, n_embd=63, n_head=3, n_positions=64, vocab_size=32, bos_token_id=0, eos_token_id=1))
+    m = ARMTModel.from_backbone(bb, ARMTConfig(num_mem_tokens=3, d_mem=5, segment_size=8)).eval()
+    with torch.no_grad():
+        for b in m.blocks:
+            b.W_mv.weight.normal_(0, 0.1)
+    ids = torch.randint(0, 32, (1, 6 * 8 + 3))
+    kw = dict(level="writes", chunk_segments=4, progress=False, storage_dtype="bfloat16")
+    eager = av.record(m, ids, fast=False, **kw)
+    _graph_path(monkeypatch)
+    graphed = av.record(m, ids, **kw)
+    assert graphed["write_key"].shape == (1, 7, 3, 3, 5)  # sample, segment, layer, memory token, key
+    for k in ("write_key", "write_delta"):
+        np.testing.assert_array_equal(graphed[k].values, eager[k].values, err_msg=k)
