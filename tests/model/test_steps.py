@@ -128,3 +128,24 @@ def test_the_cached_lean_step_follows_a_swapped_config_and_read_ablation():
                 with hf_step(m):
                     want = m(ids).logits
             assert_close("lean step with reads ablated", want, got)
+
+
+def test_recordings_share_the_packed_lean_step_until_a_weight_changes():
+    """`pick_step` (the recorder's choice) reuses the model's cached LeanStep instead of packing the weights for
+    every call, and packs anew after an in-place weight edit: a recording after the edit equals the HF step's."""
+    import numpy as np
+
+    import armt_viz as av
+
+    m = tiny_model(seed=5).eval()
+    a, b = pick_step(m).step, pick_step(m).step
+    assert isinstance(a, LeanStep) and a is b
+    ids = torch.randint(0, m.vocab_size, (1, 5 * m.config.segment_size))
+    av.record(m, ids, level="summary", progress=False)
+    with torch.no_grad():
+        m.blocks[0].W_mv.weight.mul_(1.5)
+    assert pick_step(m).step is not a
+    fast = av.record(m, ids, level="summary", progress=False)
+    slow = av.record(m, ids, level="summary", progress=False, fast=False)
+    for k in ("assoc_norm", "read_out_norm_mean", "segment_loss"):
+        np.testing.assert_allclose(fast[k].values, slow[k].values, rtol=1e-5, atol=1e-6, err_msg=k)
