@@ -347,7 +347,9 @@ class StreamPool:
         if workers > 1 and n_jobs > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+
+            from ._process import exit_with_parent
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent) as ex:
                 parts = list(ex.map(_stream_parts, [cfg_dict] * n_jobs, [per] * n_jobs, groups))
         else:
             parts = [_stream_parts(cfg_dict, per, g) for g in groups]

@@ -323,7 +323,12 @@ def _scan_pool():
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            _SCAN_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            from ..._process import exit_with_parent
+
+            # the worker ends with this process, also when it is killed (no atexit): else each hard-killed server
+            # left its scan worker (~135 MB) running
+            _SCAN_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=exit_with_parent)
             atexit.register(_SCAN_POOL.shutdown, wait=False, cancel_futures=True)
         return _SCAN_POOL
 
