@@ -4,8 +4,9 @@
 
 bf16 autocast, bfloat16 storage, the default graph path, after a warm-up call on 4 segments. Each part is
 timed by wrapping it (main thread: the ring copy of a segment's packed row, waiting for the writer; writer thread:
-the host copy and unpacking of a chunk, the finite check, bfloat16 encoding, zarr appends, commits). The parts of
-the writer thread overlap the main loop; "main: wait for writer" is what the writer costs the run.
+the host copy and unpacking of a chunk, the finite check, bfloat16 encoding of eager rows (the graph path rounds
+on the GPU), zarr appends, commits). The parts of the writer thread overlap the main loop; "main: wait for
+writer" is what the writer costs the run.
 """
 
 from __future__ import annotations
