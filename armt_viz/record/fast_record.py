@@ -148,12 +148,9 @@ class GraphRows:
 
     def _host_row(self, flat: np.ndarray, r: PackedRow) -> dict:
         row = {k: v.copy() for k, v in unpack(flat, self.layout).items()}
-        for k in _EVENTS:
-            if k in self.encoded:  # 16-bit patterns: float16 values, or bfloat16 bits (uint16) the store keeps as is
-                bits = row[k].reshape(-1).view(np.uint16)[:math.prod(self.encoded[k])].reshape(self.encoded[k])
-                row[k] = bits.view(np.float16) if self.storage == "float16" else bits
-            elif k in row:
-                row[k] = row[k].astype(np.float32)
+        for k, shape in self.encoded.items():  # 16-bit patterns: float16 values, or bfloat16 bits the store keeps
+            bits = row[k].reshape(-1).view(np.uint16)[:math.prod(shape)].reshape(shape)
+            row[k] = bits.view(np.float16) if self.storage == "float16" else bits
         row.update(tokens=row["tokens"].astype(np.int32), segment=r.segment, segment_start=r.segment * self.S,
                    segment_length=r.length)
         return row
